@@ -1,0 +1,172 @@
+"""The default config every experiment starts from, and its validation.
+
+Experiment files (`experiments/*.py`) call `base_config()` and override fields. `validate`
+runs before anything is built or written and raises `ConfigError` with a one-line message
+naming the field and what would fix it; `main` turns that into exit code 2.
+"""
+
+from __future__ import annotations
+
+import ml_collections
+
+from guide_jax import sharding
+
+
+class ConfigError(ValueError):
+  """A config that cannot work. The message names the field and the fix."""
+
+
+def model_config() -> ml_collections.ConfigDict:
+  m = ml_collections.ConfigDict()
+  m.vocab_size = 4096        # tokens; must equal the tokenizer's size
+  m.d_model = 256            # residual width d
+  m.n_layers = 4             # transformer blocks n
+  m.n_heads = 4              # query heads h
+  m.n_kv_heads = 4           # key/value heads h_kv (GQA when < n_heads; must divide n_heads)
+  m.head_dim = 64            # per-head width l
+  m.mlp_dim = 1024           # MLP hidden width f
+  m.max_len = 256            # longest sequence (size of the learned position table)
+  m.position = 'learned'     # 'learned' (absolute table P, as in the GUIDE paper) or 'rope'
+  m.rope_base = 10000.0      # RoPE frequency base
+  m.norm = 'rmsnorm'         # 'rmsnorm' or 'layernorm'
+  m.norm_eps = 1e-6          # norm epsilon
+  m.mlp = 'swiglu'           # 'gelu' or 'swiglu'
+  m.tie_embeddings = True    # output layer = E^T (else an untied W_U)
+  m.scale_embeddings = False # x0 = sqrt(d) * E[z] (Gemma style) instead of E[z]
+  m.use_bias = False         # biases on the attention and MLP projections
+  m.init_std = 0.02          # std of the normal init (output projections scaled by depth)
+  m.param_dtype = 'float32'  # storage dtype of parameters (and optimizer state)
+  m.dtype = 'float32'        # compute dtype of matmuls ('bfloat16': f32 accumulation)
+  m.scan_layers = True       # lax.scan over blocks: compile time flat in depth
+  m.remat = 'none'           # rematerialisation: 'none', 'full', 'dots', 'dots_saveable'
+  return m
+
+
+def base_config() -> ml_collections.ConfigDict:
+  c = ml_collections.ConfigDict()
+  c.model = model_config()
+
+  c.data = ml_collections.ConfigDict()
+  c.data.backend = 'embedded'      # 'embedded' (stdlib corpus), 'synthetic', or 'seqio'
+  c.data.seq_len = 256             # tokens per row
+  c.data.global_batch_size = 16    # rows per step over all processes
+  c.data.seed = 0                  # data order (per-epoch shuffles); independent of init
+  c.data.cache_dir = ''            # tokenizer/token cache; '' = $GUIDE_JAX_CACHE or ~/.cache/guide_jax
+  c.data.embedded_root = ''        # corpus root; '' = this interpreter's standard library
+  c.data.validation_percent = 2    # files whose path hash falls below this go to validation
+  c.data.tokenizer = ''            # an existing SentencePiece .model; '' = train one (embedded)
+  c.data.seqio_task = ''           # seqio Task/Mixture name for backend='seqio'
+  c.data.seqio_train_split = 'train'
+  c.data.seqio_eval_split = 'validation'
+  c.data.eval_batches = 8          # batches per evaluation (fixed, unshuffled rows)
+
+  c.mesh = ml_collections.ConfigDict()
+  c.mesh.data = -1                 # data-parallel axis (-1 = all remaining devices)
+  c.mesh.fsdp = 1                  # parameter/optimizer sharding axis (ZeRO-3)
+  c.mesh.tensor = 1                # tensor-parallel axis (heads, mlp, vocab)
+  c.logical_rules = sharding.DEFAULT_RULES  # logical axis -> mesh axes
+
+  c.distributed = ml_collections.ConfigDict()
+  c.distributed.initialize = 'auto'   # 'auto' (when the environment says so), 'always', 'never'
+  c.distributed.coordinator_address = ''
+  c.distributed.num_processes = -1    # -1: let jax detect
+  c.distributed.process_id = -1
+
+  c.train = ml_collections.ConfigDict()
+  c.train.steps = 200              # optimizer steps
+  c.train.learning_rate = 3e-3     # peak learning rate
+  c.train.warmup_steps = 20        # linear warmup, then cosine decay to min_lr_ratio * peak
+  c.train.min_lr_ratio = 0.1
+  c.train.weight_decay = 0.1       # AdamW decoupled weight decay (matrices only, not norms)
+  c.train.b1 = 0.9
+  c.train.b2 = 0.95
+  c.train.grad_clip = 1.0          # global-norm clipping (0 = off)
+  c.train.grad_accum = 1           # micro-batches per step (global_batch_size must divide)
+  c.train.z_loss = 0.0             # weight of log(Z)^2 (PaLM z-loss)
+  c.train.seed = 0                 # parameter init
+  c.train.log_every = 10           # steps between train metric logs
+  c.train.eval_every = 100         # steps between evaluations (and at the end)
+  c.train.checkpoint_every = 100   # steps between checkpoints (and at the end)
+  c.train.keep_checkpoints = 2     # how many checkpoints to keep
+  c.train.async_checkpoints = True # write checkpoints in the background
+  c.train.progress_bar = True      # console progress bar (process 0)
+  c.train.peak_flops = 0.0         # per-device peak FLOP/s for MFU; 0 = known table or measure
+  return c
+
+
+def _require(ok: bool, message: str) -> None:
+  if not ok:
+    raise ConfigError(message)
+
+
+def validate_model(m: ml_collections.ConfigDict, prefix: str = 'model') -> None:
+  for name in ('vocab_size', 'd_model', 'n_layers', 'n_heads', 'n_kv_heads', 'head_dim',
+               'mlp_dim', 'max_len'):
+    _require(int(m[name]) > 0, f'{prefix}.{name}={m[name]} must be a positive integer')
+  _require(m.n_heads % m.n_kv_heads == 0,
+           f'{prefix}.n_heads={m.n_heads} is not divisible by {prefix}.n_kv_heads='
+           f'{m.n_kv_heads}; choose n_kv_heads that divides n_heads')
+  _require(m.position in ('learned', 'rope'),
+           f"{prefix}.position={m.position!r} must be 'learned' or 'rope'")
+  _require(m.position != 'rope' or m.head_dim % 2 == 0,
+           f'{prefix}.head_dim={m.head_dim} must be even with rope (rotary pairs)')
+  _require(m.norm in ('rmsnorm', 'layernorm'),
+           f"{prefix}.norm={m.norm!r} must be 'rmsnorm' or 'layernorm'")
+  _require(m.mlp in ('gelu', 'swiglu'), f"{prefix}.mlp={m.mlp!r} must be 'gelu' or 'swiglu'")
+  _require(m.remat in ('none', 'full', 'dots', 'dots_saveable'),
+           f"{prefix}.remat={m.remat!r} must be one of none, full, dots, dots_saveable")
+  for name in ('param_dtype', 'dtype'):
+    _require(m[name] in ('float32', 'bfloat16'),
+             f"{prefix}.{name}={m[name]!r} must be 'float32' or 'bfloat16'")
+
+
+def validate(c: ml_collections.ConfigDict, num_devices: int, num_processes: int = 1) -> None:
+  """Raise ConfigError for a config that cannot work on `num_devices` devices."""
+  validate_model(c.model)
+  d, t = c.data, c.train
+  _require(d.backend in ('embedded', 'synthetic', 'seqio'),
+           f"data.backend={d.backend!r} must be 'embedded', 'synthetic' or 'seqio'")
+  _require(d.backend != 'seqio' or bool(d.seqio_task),
+           "data.seqio_task is empty; name a registered seqio Task or Mixture for backend='seqio'")
+  _require(d.seq_len > 0, f'data.seq_len={d.seq_len} must be positive')
+  _require(c.model.max_len >= d.seq_len,
+           f'model.max_len={c.model.max_len} is smaller than data.seq_len={d.seq_len}; '
+           f'raise model.max_len or lower data.seq_len')
+  _require(d.global_batch_size > 0, f'data.global_batch_size={d.global_batch_size} must be positive')
+  _require(0 < d.validation_percent < 100,
+           f'data.validation_percent={d.validation_percent} must be in (0, 100)')
+  _require(d.eval_batches > 0, f'data.eval_batches={d.eval_batches} must be positive')
+  try:
+    mesh_shape = sharding.resolve_mesh_shape(c.mesh, num_devices)
+  except ValueError as e:
+    raise ConfigError(str(e)) from None
+  batch_shards = mesh_shape[0] * mesh_shape[1]
+  _require(t.grad_accum >= 1, f'train.grad_accum={t.grad_accum} must be >= 1')
+  micro = d.global_batch_size // t.grad_accum
+  _require(d.global_batch_size % t.grad_accum == 0,
+           f'data.global_batch_size={d.global_batch_size} is not divisible by '
+           f'train.grad_accum={t.grad_accum}')
+  _require(micro % batch_shards == 0,
+           f'data.global_batch_size/train.grad_accum={micro} is not divisible by the '
+           f'batch shards mesh.data*mesh.fsdp={batch_shards}; change the batch or the mesh')
+  _require(d.global_batch_size % num_processes == 0,
+           f'data.global_batch_size={d.global_batch_size} is not divisible by the '
+           f'{num_processes} processes')
+  _require(t.steps > 0, f'train.steps={t.steps} must be positive')
+  _require(t.learning_rate > 0, f'train.learning_rate={t.learning_rate} must be positive')
+  _require(0 <= t.warmup_steps <= t.steps,
+           f'train.warmup_steps={t.warmup_steps} must be in [0, train.steps={t.steps}]')
+  _require(0 <= t.min_lr_ratio <= 1, f'train.min_lr_ratio={t.min_lr_ratio} must be in [0, 1]')
+  for name in ('log_every', 'eval_every', 'checkpoint_every', 'keep_checkpoints'):
+    _require(t[name] > 0, f'train.{name}={t[name]} must be positive')
+  _require(t.grad_clip >= 0, f'train.grad_clip={t.grad_clip} must be >= 0')
+  _require(t.z_loss >= 0, f'train.z_loss={t.z_loss} must be >= 0')
+  rule_names = {name for name, _ in c.logical_rules}
+  for name, target in c.logical_rules:
+    targets = (target,) if isinstance(target, str) else tuple(target or ())
+    for axis in targets:
+      _require(axis in sharding.MESH_AXES,
+               f'logical_rules: {name!r} maps to unknown mesh axis {axis!r}; '
+               f'use one of {sharding.MESH_AXES}')
+  missing = {'vocab', 'embed', 'act_batch'} - rule_names
+  _require(not missing, f'logical_rules lacks {sorted(missing)}; add a rule for each')

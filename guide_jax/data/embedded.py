@@ -1,0 +1,102 @@
+"""The embedded default corpus: this interpreter's standard-library source files.
+
+Every machine that runs Python has it, so the demo and the tests need no download. Files
+are listed in sorted order (directories named test/tests/site-packages/__pycache__
+excluded) and split into train and validation by a hash of the relative path, so the
+split is stable across machines and does not depend on the file list's length.
+
+Tokenizing is done once per (corpus fingerprint, tokenizer) and cached as .npy token
+streams plus document offsets.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import pathlib
+import sysconfig
+
+import numpy as np
+
+from guide_jax.data import tokenizer as tokenizer_lib
+
+EXCLUDED_DIRS = frozenset({'test', 'tests', 'site-packages', '__pycache__'})
+
+
+def corpus_root(root: str = '') -> pathlib.Path:
+  return pathlib.Path(root or sysconfig.get_paths()['stdlib'])
+
+
+def split_of(relative_path: str, validation_percent: int) -> str:
+  bucket = int(hashlib.sha256(relative_path.encode()).hexdigest(), 16) % 100
+  return 'validation' if bucket < validation_percent else 'train'
+
+
+def list_files(root: pathlib.Path) -> list[str]:
+  """Sorted relative paths of the corpus's .py files."""
+  if not root.is_dir():
+    return []
+  out = []
+  for path in root.rglob('*.py'):
+    rel = path.relative_to(root)
+    if EXCLUDED_DIRS.isdisjoint(rel.parts[:-1]) and path.is_file():
+      out.append(rel.as_posix())
+  return sorted(out)
+
+
+class EmbeddedCorpus:
+  """Texts of one split of the corpus, with a fingerprint of the whole corpus."""
+
+  def __init__(self, root: str = '', validation_percent: int = 2):
+    self.root = corpus_root(root)
+    self.validation_percent = validation_percent
+    self.files = list_files(self.root)
+    if not self.files:
+      raise ValueError(f'data.embedded_root={str(self.root)!r} holds no .py files (empty '
+                       f'corpus); point it at a directory of Python sources or leave it empty')
+    self._split = {f: split_of(f, validation_percent) for f in self.files}
+    digest = hashlib.sha256(f'v1:{validation_percent}'.encode())
+    for f in self.files:
+      digest.update(f.encode() + b'\0' + str(os.path.getsize(self.root / f)).encode() + b'\0')
+    self.fingerprint = digest.hexdigest()[:16]
+    for split in ('train', 'validation'):
+      if not self.split_files(split):
+        raise ValueError(f'data.embedded_root={str(self.root)!r}: the {split} split is '
+                         f'empty; add files or change data.validation_percent')
+
+  def split_files(self, split: str) -> list[str]:
+    return [f for f in self.files if self._split[f] == split]
+
+  def texts(self, split: str) -> list[str]:
+    return [(self.root / f).read_text(encoding='utf-8', errors='replace')
+            for f in self.split_files(split)]
+
+  def train_lines(self):
+    """Non-blank lines of the train split: the tokenizer's training sentences."""
+    for text in self.texts('train'):
+      for line in text.split('\n'):
+        if line.strip():
+          yield line
+
+
+def tokenized_split(corpus: EmbeddedCorpus, vocab: tokenizer_lib.Vocabulary, split: str,
+                    cache_dir: pathlib.Path) -> tuple[np.ndarray, np.ndarray]:
+  """(tokens, doc_offsets): the split's documents, each followed by EOS, concatenated.
+
+  doc_offsets[i] is where document i starts; doc_offsets[-1] == len(tokens).
+  """
+  key = f'{corpus.fingerprint}_{vocab.fingerprint}_{split}'
+  path = cache_dir / 'tokens' / f'{key}.npz'
+  if path.exists():
+    with np.load(path) as z:
+      return z['tokens'], z['offsets']
+  docs = vocab.encode_batch(corpus.texts(split))
+  docs = [d + [vocab.eos_id] for d in docs]
+  lengths = np.array([len(d) for d in docs], dtype=np.int64)
+  offsets = np.concatenate([[0], np.cumsum(lengths)])
+  tokens = np.fromiter((t for d in docs for t in d), dtype=np.int32, count=int(offsets[-1]))
+  path.parent.mkdir(parents=True, exist_ok=True)
+  tmp = path.with_suffix(f'.{os.getpid()}.tmp.npz')
+  np.savez(tmp, tokens=tokens, offsets=offsets)
+  os.replace(tmp, path)  # atomic: concurrent runs never read a half-written cache
+  return tokens, offsets

@@ -1,0 +1,78 @@
+"""SentencePiece vocabulary: trained offline on the embedded corpus, cached, reused.
+
+Ids follow the T5/seqio convention (pad 0, eos 1, unk 2) so the same .model file works
+as a `seqio.SentencePieceVocabulary`. Newlines are a piece of their own and whitespace is
+kept verbatim (identity normalisation), so decoded Python code round-trips exactly.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import pathlib
+import shutil
+import tempfile
+
+import sentencepiece as spm
+
+PAD_ID, EOS_ID, UNK_ID = 0, 1, 2
+
+
+def default_cache_dir(configured: str = '') -> pathlib.Path:
+  return pathlib.Path(configured or os.environ.get('GUIDE_JAX_CACHE')
+                      or pathlib.Path.home() / '.cache' / 'guide_jax')
+
+
+class Vocabulary:
+  """A loaded SentencePiece model with the path it came from."""
+
+  def __init__(self, model_path: str | os.PathLike):
+    self.path = str(model_path)
+    if not os.path.isfile(self.path):
+      raise FileNotFoundError(f'tokenizer model {self.path!r} does not exist')
+    with open(self.path, 'rb') as f:
+      data = f.read()
+    self.fingerprint = hashlib.sha256(data).hexdigest()[:16]
+    self._sp = spm.SentencePieceProcessor(model_proto=data)
+    self.size = self._sp.get_piece_size()
+    self.eos_id = EOS_ID
+
+  def encode(self, text: str) -> list[int]:
+    return self._sp.encode(text)
+
+  def encode_batch(self, texts: list[str]) -> list[list[int]]:
+    return self._sp.encode(texts, num_threads=os.cpu_count() or 1)
+
+  def decode(self, ids) -> str:
+    return self._sp.decode([int(i) for i in ids])
+
+
+def train_or_load(lines_fn, fingerprint: str, vocab_size: int,
+                  cache_dir: pathlib.Path) -> Vocabulary:
+  """The cached model for (corpus fingerprint, vocab size), training it on first use.
+
+  `lines_fn()` yields the training sentences. Training writes into a temporary directory
+  and renames it into place, so an interrupted or concurrent run never sees a partial model.
+  """
+  target = cache_dir / 'tokenizers' / f'{fingerprint}_v{vocab_size}'
+  model_path = target / 'spm.model'
+  if model_path.exists():
+    return Vocabulary(model_path)
+  target.parent.mkdir(parents=True, exist_ok=True)
+  tmp = pathlib.Path(tempfile.mkdtemp(dir=target.parent, prefix='.training-'))
+  try:
+    spm.SentencePieceTrainer.train(
+        sentence_iterator=lines_fn(), model_prefix=str(tmp / 'spm'), vocab_size=vocab_size,
+        model_type='unigram', byte_fallback=True, pad_id=PAD_ID, eos_id=EOS_ID,
+        unk_id=UNK_ID, bos_id=-1, normalization_rule_name='identity',
+        remove_extra_whitespaces=False, allow_whitespace_only_pieces=True,
+        user_defined_symbols=['\n'], input_sentence_size=200_000,
+        shuffle_input_sentence=True, seed_sentencepiece_size=200_000,
+        character_coverage=0.9995, num_threads=os.cpu_count() or 1, minloglevel=2)
+    try:
+      os.rename(tmp, target)
+    except OSError:  # another process finished first: use theirs
+      pass
+  finally:
+    shutil.rmtree(tmp, ignore_errors=True)
+  return Vocabulary(model_path)

@@ -1,0 +1,337 @@
+"""Decoder-only Transformer in Flax NNX, laid out in GUIDE_METHOD.md's notation.
+
+Shapes (d = d_model, h = n_heads, h_kv = n_kv_heads, l = head_dim, f = mlp_dim):
+  embedding [V, d]              pos_embedding [L, d]        unembed [d, V]
+  blocks.attn.wq  [n, d, h, l]  wk, wv [n, d, h_kv, l]      wo [n, h, l, d]
+  blocks.mlp.w_in [n, d, f] (gelu) or w_gate, w_up [n, d, f] (swiglu); w_out [n, f, d]
+  blocks.norm1/norm2.scale [n, d]   final_norm.scale [d]   (+ .bias for layernorm)
+
+Block parameters are always stacked along a leading `layers` axis, whether or not the
+forward pass scans over them: one layout for checkpoints and for GUIDE, whose code reads
+and writes `params['blocks'][...][i]` for teacher/student block i.
+
+Every parameter carries its logical axis names as NNX `out_sharding` metadata (with eager
+sharding off: `guide_jax.sharding` maps names to mesh axes explicitly, with the config's
+rules, and creates parameters directly sharded under `jax.jit(out_shardings=...)`).
+
+Query head j uses key/value head j // (h / h_kv): heads are ordered group-major, which is
+what GUIDE's kv-group selection relies on.
+"""
+
+from __future__ import annotations
+
+import functools
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+from flax import nnx
+
+from guide_jax import sharding
+
+Array = jax.Array
+
+REMAT_POLICIES = {
+    'none': None,
+    'full': jax.checkpoint_policies.nothing_saveable,
+    'dots': jax.checkpoint_policies.dots_with_no_batch_dims_saveable,
+    'dots_saveable': jax.checkpoint_policies.dots_saveable,
+}
+
+
+def _param(key, shape, axes, std, dtype) -> nnx.Param:
+  """A normally initialised parameter annotated with logical axes."""
+  value = std * jax.random.normal(key, shape, dtype) if std else jnp.zeros(shape, dtype)
+  return nnx.Param(value, out_sharding=axes, eager_sharding=False)
+
+
+def _const_param(value, shape, axes, dtype) -> nnx.Param:
+  return nnx.Param(jnp.full(shape, value, dtype), out_sharding=axes, eager_sharding=False)
+
+
+def _dot(x, w, spec, dtype):
+  """einsum in the compute dtype with float32 accumulation, result in the compute dtype."""
+  return jnp.einsum(spec, x.astype(dtype), w.astype(dtype),
+                    preferred_element_type=jnp.float32).astype(dtype)
+
+
+class Norm(nnx.Module):
+  """RMSNorm or LayerNorm over the last axis, computed in float32."""
+
+  def __init__(self, cfg: ml_collections.ConfigDict):
+    d, pdt = cfg.d_model, jnp.dtype(cfg.param_dtype)
+    self.kind, self.eps = cfg.norm, cfg.norm_eps
+    self.scale = _const_param(1.0, (d,), ('embed',), pdt)
+    if cfg.norm == 'layernorm':
+      self.bias = _const_param(0.0, (d,), ('embed',), pdt)
+
+  def __call__(self, x: Array) -> Array:
+    y = x.astype(jnp.float32)
+    if self.kind == 'layernorm':
+      y = y - jnp.mean(y, axis=-1, keepdims=True)
+    y = y * jax.lax.rsqrt(jnp.mean(y * y, axis=-1, keepdims=True) + self.eps)
+    y = y * self.scale[...].astype(jnp.float32)
+    if self.kind == 'layernorm':
+      y = y + self.bias[...].astype(jnp.float32)
+    return y.astype(x.dtype)
+
+
+def rope_frequencies(head_dim: int, base: float) -> Array:
+  """base^(-2k/l) for rotary pair k = 0..l/2-1 (pair k = dims k and k + l/2)."""
+  return base ** (-2.0 * jnp.arange(head_dim // 2, dtype=jnp.float32) / head_dim)
+
+
+def apply_rope(x: Array, positions: Array, base: float) -> Array:
+  """Rotary embedding, 'split halves' layout. x: [b, t, heads, l], positions: [b, t]."""
+  freqs = rope_frequencies(x.shape[-1], base)
+  angles = positions.astype(jnp.float32)[:, :, None, None] * freqs  # [b, t, 1, l/2]
+  cos, sin = jnp.cos(angles), jnp.sin(angles)
+  x1, x2 = jnp.split(x.astype(jnp.float32), 2, axis=-1)
+  out = jnp.concatenate([x1 * cos - x2 * sin, x2 * cos + x1 * sin], axis=-1)
+  return out.astype(x.dtype)
+
+
+def attention_mask(segment_ids: Array) -> Array:
+  """[b, 1, 1, t, s] boolean: causal and within the same packed segment."""
+  t = segment_ids.shape[1]
+  causal = jnp.tril(jnp.ones((t, t), dtype=jnp.bool_))
+  same = segment_ids[:, :, None] == segment_ids[:, None, :]
+  return (causal[None] & same)[:, None, None]
+
+
+class Attention(nnx.Module):
+  """Grouped-query attention with optional RoPE; weights in [d, heads, head_dim] layout."""
+
+  def __init__(self, cfg: ml_collections.ConfigDict, *, rngs: nnx.Rngs):
+    d, h, hkv, l = cfg.d_model, cfg.n_heads, cfg.n_kv_heads, cfg.head_dim
+    pdt, std = jnp.dtype(cfg.param_dtype), cfg.init_std
+    self.cfg = cfg
+    self.wq = _param(rngs.params(), (d, h, l), ('embed', 'heads', 'kv'), std, pdt)
+    self.wk = _param(rngs.params(), (d, hkv, l), ('embed', 'kv_heads', 'kv'), std, pdt)
+    self.wv = _param(rngs.params(), (d, hkv, l), ('embed', 'kv_heads', 'kv'), std, pdt)
+    # Output projection scaled down with depth (GPT-2 style) so the residual stream's size
+    # does not grow with n_layers at init.
+    out_std = std / (2 * cfg.n_layers) ** 0.5
+    self.wo = _param(rngs.params(), (h, l, d), ('heads', 'kv', 'embed'), out_std, pdt)
+    if cfg.use_bias:
+      self.bq = _param(None, (h, l), ('heads', 'kv'), 0.0, pdt)
+      self.bk = _param(None, (hkv, l), ('kv_heads', 'kv'), 0.0, pdt)
+      self.bv = _param(None, (hkv, l), ('kv_heads', 'kv'), 0.0, pdt)
+      self.bo = _param(None, (d,), ('embed',), 0.0, pdt)
+
+  def __call__(self, u: Array, positions: Array, mask: Array) -> Array:
+    cfg, dt = self.cfg, jnp.dtype(self.cfg.dtype)
+    q = _dot(u, self.wq[...], 'btd,dhl->bthl', dt)
+    k = _dot(u, self.wk[...], 'btd,dhl->bthl', dt)
+    v = _dot(u, self.wv[...], 'btd,dhl->bthl', dt)
+    if cfg.use_bias:
+      q, k, v = q + self.bq[...].astype(dt), k + self.bk[...].astype(dt), v + self.bv[...].astype(dt)
+    if cfg.position == 'rope':
+      q, k = apply_rope(q, positions, cfg.rope_base), apply_rope(k, positions, cfg.rope_base)
+    q = sharding.constrain(q, ('act_batch', 'act_length', 'act_heads', 'act_kv'))
+    b, t, h, l = q.shape
+    hkv = k.shape[2]
+    q = q.reshape(b, t, hkv, h // hkv, l)
+    logits = jnp.einsum('btkgl,bskl->bkgts', q, k, preferred_element_type=jnp.float32)
+    logits = logits / jnp.sqrt(jnp.float32(l))
+    logits = jnp.where(mask, logits, jnp.finfo(jnp.float32).min)
+    probs = jax.nn.softmax(logits, axis=-1).astype(dt)
+    out = jnp.einsum('bkgts,bskl->btkgl', probs, v, preferred_element_type=jnp.float32)
+    out = out.astype(dt).reshape(b, t, h, l)
+    y = _dot(out, self.wo[...], 'bthl,hld->btd', dt)
+    if cfg.use_bias:
+      y = y + self.bo[...].astype(dt)
+    return y
+
+
+class MLP(nnx.Module):
+  """gelu: act(u W_in) W_out; swiglu: (silu(u W_gate) * (u W_up)) W_out."""
+
+  def __init__(self, cfg: ml_collections.ConfigDict, *, rngs: nnx.Rngs):
+    d, f = cfg.d_model, cfg.mlp_dim
+    pdt, std = jnp.dtype(cfg.param_dtype), cfg.init_std
+    self.cfg = cfg
+    read_names = ('w_gate', 'w_up') if cfg.mlp == 'swiglu' else ('w_in',)
+    for name in read_names:
+      setattr(self, name, _param(rngs.params(), (d, f), ('embed', 'mlp'), std, pdt))
+    out_std = std / (2 * cfg.n_layers) ** 0.5
+    self.w_out = _param(rngs.params(), (f, d), ('mlp', 'embed'), out_std, pdt)
+    if cfg.use_bias:
+      for name in read_names:
+        setattr(self, 'b' + name[1:], _param(None, (f,), ('mlp',), 0.0, pdt))
+      self.b_out = _param(None, (d,), ('embed',), 0.0, pdt)
+
+  def _read(self, u, name, dt):
+    y = _dot(u, getattr(self, name)[...], 'btd,df->btf', dt)
+    if self.cfg.use_bias:
+      y = y + getattr(self, 'b' + name[1:])[...].astype(dt)
+    return y
+
+  def __call__(self, u: Array) -> Array:
+    dt = jnp.dtype(self.cfg.dtype)
+    if self.cfg.mlp == 'swiglu':
+      hidden = jax.nn.silu(self._read(u, 'w_gate', dt)) * self._read(u, 'w_up', dt)
+    else:
+      hidden = jax.nn.gelu(self._read(u, 'w_in', dt))
+    hidden = sharding.constrain(hidden, ('act_batch', 'act_length', 'act_mlp'))
+    y = _dot(hidden, self.w_out[...], 'btf,fd->btd', dt)
+    if self.cfg.use_bias:
+      y = y + self.b_out[...].astype(dt)
+    return y
+
+
+class Block(nnx.Module):
+  """Pre-norm block: x += Attn(N1(x)); x += MLP(N2(x))."""
+
+  def __init__(self, cfg: ml_collections.ConfigDict, *, rngs: nnx.Rngs):
+    self.norm1 = Norm(cfg)
+    self.attn = Attention(cfg, rngs=rngs)
+    self.norm2 = Norm(cfg)
+    self.mlp = MLP(cfg, rngs=rngs)
+
+  def attention_residual(self, x, positions, mask):
+    return x + self.attn(self.norm1(x), positions, mask)
+
+  def __call__(self, x, positions, mask):
+    x = self.attention_residual(x, positions, mask)
+    x = x + self.mlp(self.norm2(x))
+    return sharding.constrain(x, ('act_batch', 'act_length', 'act_embed'))
+
+
+class Transformer(nnx.Module):
+  """x0 = c*E[z] + P[pos]; blocks; logits = Nf(x) @ E^T (tied) or Nf(x) @ W_U."""
+
+  def __init__(self, cfg: ml_collections.ConfigDict, *, rngs: nnx.Rngs):
+    self.cfg = cfg
+    pdt, std = jnp.dtype(cfg.param_dtype), cfg.init_std
+    self.embedding = _param(rngs.params(), (cfg.vocab_size, cfg.d_model), ('vocab', 'embed'),
+                            std, pdt)
+    if cfg.position == 'learned':
+      self.pos_embedding = _param(rngs.params(), (cfg.max_len, cfg.d_model),
+                                  ('max_len', 'embed'), std, pdt)
+    keys = jax.random.split(rngs.params(), cfg.n_layers)
+
+    @nnx.vmap(in_axes=0, out_axes=0, transform_metadata={nnx.PARTITION_NAME: 'layers'})
+    def make_blocks(key):
+      return Block(cfg, rngs=nnx.Rngs(params=key))
+
+    self.blocks = make_blocks(keys)
+    self.final_norm = Norm(cfg)
+    if not cfg.tie_embeddings:
+      self.unembed = _param(rngs.params(), (cfg.d_model, cfg.vocab_size), ('embed', 'vocab'),
+                            std, pdt)
+
+  @property
+  def embed_scale(self) -> float:
+    return float(self.cfg.d_model) ** 0.5 if self.cfg.scale_embeddings else 1.0
+
+  def embed_inputs(self, tokens: Array, positions: Array) -> Array:
+    """x0 = c * E[z] + P[pos], in the compute dtype."""
+    dt = jnp.dtype(self.cfg.dtype)
+    x = jnp.take(self.embedding[...], tokens, axis=0).astype(jnp.float32)
+    x = x * self.embed_scale
+    if self.cfg.position == 'learned':
+      x = x + jnp.take(self.pos_embedding[...], positions, axis=0).astype(jnp.float32)
+    return sharding.constrain(x.astype(dt), ('act_batch', 'act_length', 'act_embed'))
+
+  def layer(self, i: int) -> Block:
+    """Block i as a module of its own (a view of the stacked parameters)."""
+    graphdef, state = nnx.split(self.blocks)
+    return nnx.merge(graphdef, jax.tree.map(lambda a: a[i], state))
+
+  def hidden(self, tokens: Array, positions: Array, segment_ids: Array) -> Array:
+    """Final-normed residual stream [b, t, d]: what the output layer reads."""
+    cfg = self.cfg
+    x = self.embed_inputs(tokens, positions)
+    mask = attention_mask(segment_ids)
+    graphdef, state = nnx.split(self.blocks)
+
+    def apply_block(x, layer_state):
+      return nnx.merge(graphdef, layer_state)(x, positions, mask), None
+
+    policy = REMAT_POLICIES[cfg.remat]
+    if cfg.remat != 'none':
+      apply_block = jax.checkpoint(apply_block, policy=policy, prevent_cse=not cfg.scan_layers)
+    if cfg.scan_layers:
+      x, _ = jax.lax.scan(apply_block, x, state)
+    else:
+      for i in range(cfg.n_layers):
+        x, _ = apply_block(x, jax.tree.map(lambda a, i=i: a[i], state))
+    return self.final_norm(x)
+
+  def output_kernel(self) -> Array:
+    """[d, V]: the tied E^T or the untied W_U."""
+    if self.cfg.tie_embeddings:
+      return self.embedding[...].T
+    return self.unembed[...]
+
+  def logits_from_hidden(self, h: Array) -> Array:
+    """float32 logits [b, t, V]."""
+    dt = jnp.dtype(self.cfg.dtype)
+    logits = jnp.einsum('btd,dv->btv', h.astype(dt), self.output_kernel().astype(dt),
+                        preferred_element_type=jnp.float32)
+    return sharding.constrain(logits, ('act_batch', 'act_length', 'act_vocab'))
+
+  def __call__(self, tokens: Array, positions: Array, segment_ids: Array) -> Array:
+    return self.logits_from_hidden(self.hidden(tokens, positions, segment_ids))
+
+
+# ---------------------------------------------------------------------------------------
+# Functional interface: parameters are a plain nested dict of arrays everywhere outside
+# this file (train state, checkpoints, GUIDE). The module graph is rebuilt from the config.
+
+
+@functools.lru_cache(maxsize=32)
+def _graphdef_and_abstract(cfg_json: str):
+  cfg = ml_collections.ConfigDict(__import__('json').loads(cfg_json))
+  # jax.eval_shape, not nnx.eval_shape: the latter attaches shardings from the logical
+  # names when a mesh is active, and logical names are not mesh axes.
+  return jax.eval_shape(lambda: nnx.split(Transformer(cfg, rngs=nnx.Rngs(0))))
+
+
+def _key(cfg: ml_collections.ConfigDict) -> str:
+  return cfg.to_json(sort_keys=True)
+
+
+def graphdef(cfg: ml_collections.ConfigDict):
+  return _graphdef_and_abstract(_key(cfg))[0]
+
+
+def abstract_params(cfg: ml_collections.ConfigDict) -> dict:
+  """Nested dict of jax.ShapeDtypeStruct for every parameter."""
+  return nnx.to_pure_dict(_graphdef_and_abstract(_key(cfg))[1])
+
+
+def logical_axes(cfg: ml_collections.ConfigDict) -> dict:
+  """Nested dict (same structure as the params) of logical axis-name tuples."""
+  state = _graphdef_and_abstract(_key(cfg))[1]
+  flat, _ = jax.tree_util.tree_flatten_with_path(
+      state, is_leaf=lambda x: isinstance(x, nnx.Variable))
+  out: dict = {}
+  for path, var in flat:
+    *parents, leaf = [k.key for k in path]
+    node = out
+    for k in parents:
+      node = node.setdefault(k, {})
+    node[leaf] = tuple(var.get_metadata()['out_sharding'])
+  return out
+
+
+def init_params(cfg: ml_collections.ConfigDict, key: Array) -> dict:
+  """Random initial parameters (call under jax.jit with out_shardings to create them sharded)."""
+  return nnx.to_pure_dict(nnx.state(Transformer(cfg, rngs=nnx.Rngs(params=key))))
+
+
+def bind(cfg: ml_collections.ConfigDict, params: dict) -> Transformer:
+  """The module with these parameter values (cheap: traced once per jit)."""
+  return nnx.merge(graphdef(cfg), params)
+
+
+def apply(cfg: ml_collections.ConfigDict, params: dict, batch: dict[str, Any]) -> Array:
+  """float32 logits [b, t, V] for a packed batch."""
+  return bind(cfg, params)(batch['inputs'], batch['positions'], batch['segment_ids'])
+
+
+def count_params(params: dict) -> int:
+  return sum(int(x.size) for x in jax.tree.leaves(params))

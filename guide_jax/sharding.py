@@ -1,0 +1,170 @@
+"""Device mesh, logical-axis rules, and the shardings of parameters and batches.
+
+Parameters and activations name their axes logically (`vocab`, `embed`, `heads`, `mlp`,
+`layers`, `act_batch`, ...). The config's `logical_rules` map each logical name to a mesh
+axis (or a tuple of them, or None for replicated). One mapping function serves parameters,
+optimizer state, batches and activation constraints, so they can never disagree.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+import os
+import threading
+from typing import Any, Sequence
+
+import jax
+import numpy as np
+from jax.sharding import NamedSharding, PartitionSpec
+
+MESH_AXES = ('data', 'fsdp', 'tensor')
+
+# MaxText-style defaults: batch over data+fsdp, weights' `embed` dim over fsdp (ZeRO-3),
+# heads / mlp / vocab over tensor. Activations use their own names so that an activation's
+# embed dim is not sharded over fsdp while its batch already is.
+DEFAULT_RULES = (
+    ('act_batch', ('data', 'fsdp')),
+    ('act_length', None),
+    ('act_embed', None),
+    ('act_heads', 'tensor'),
+    ('act_kv', None),
+    ('act_mlp', 'tensor'),
+    ('act_vocab', 'tensor'),
+    ('vocab', 'tensor'),
+    ('embed', 'fsdp'),
+    ('heads', 'tensor'),
+    ('kv_heads', 'tensor'),
+    ('kv', None),
+    ('mlp', 'tensor'),
+    ('layers', None),
+    ('max_len', None),
+)
+
+BATCH_AXES = ('act_batch', 'act_length')
+
+
+def resolve_mesh_shape(mesh_cfg, num_devices: int) -> tuple[int, int, int]:
+  """(data, fsdp, tensor) sizes with a single -1 filled in; raises ValueError on mismatch."""
+  sizes = [int(mesh_cfg[a]) for a in MESH_AXES]
+  if sizes.count(-1) > 1:
+    raise ValueError(f'mesh: at most one of {MESH_AXES} may be -1, got {sizes}')
+  if any(s == 0 or s < -1 for s in sizes):
+    raise ValueError(f'mesh: sizes must be positive or -1, got {dict(zip(MESH_AXES, sizes))}')
+  known = math.prod(s for s in sizes if s != -1)
+  if -1 in sizes:
+    if num_devices % known:
+      raise ValueError(f'mesh: {num_devices} devices are not divisible by the fixed axes '
+                       f'{dict(zip(MESH_AXES, sizes))}; change mesh.* so they divide it')
+    sizes[sizes.index(-1)] = num_devices // known
+  if math.prod(sizes) != num_devices:
+    raise ValueError(f'mesh: data*fsdp*tensor = {math.prod(sizes)} but there are '
+                     f'{num_devices} devices; set one of mesh.data/fsdp/tensor to -1')
+  return tuple(sizes)
+
+
+def make_mesh(mesh_cfg, devices: Sequence[jax.Device] | None = None) -> jax.sharding.Mesh:
+  devices = list(devices if devices is not None else jax.devices())
+  shape = resolve_mesh_shape(mesh_cfg, len(devices))
+  # Auto axis types: the model uses logical annotations and sharding constraints, which
+  # jax 0.10's default Explicit axes reject in sharded contractions.
+  return jax.make_mesh(shape, MESH_AXES, axis_types=(jax.sharding.AxisType.Auto,) * 3,
+                       devices=devices)
+
+
+def spec_for(axes: Sequence[str | None], rules, shape: Sequence[int] | None = None,
+             mesh: jax.sharding.Mesh | None = None) -> PartitionSpec:
+  """PartitionSpec for logical `axes` under `rules`.
+
+  A mesh axis is used at most once per array (first logical dim wins). Given `shape` and
+  `mesh`, a dim that the mapped mesh axes do not divide is left replicated: small tensors
+  (a 2-kv-head projection on a 4-way tensor axis) still place, and the rest shards.
+  """
+  rules = dict(rules)
+  used: set[str] = set()
+  out = []
+  for i, name in enumerate(axes):
+    target = rules.get(name) if name is not None else None
+    mesh_axes = (target,) if isinstance(target, str) else tuple(target or ())
+    mesh_axes = tuple(a for a in mesh_axes if a not in used)
+    if mesh_axes and shape is not None and mesh is not None:
+      size = math.prod(mesh.shape[a] for a in mesh_axes)
+      if shape[i] % size:
+        mesh_axes = ()
+    used.update(mesh_axes)
+    out.append(None if not mesh_axes else mesh_axes[0] if len(mesh_axes) == 1 else mesh_axes)
+  while out and out[-1] is None:
+    out.pop()
+  return PartitionSpec(*out)
+
+
+def tree_shardings(abstract_tree, axes_tree, mesh, rules):
+  """NamedShardings for a tree of arrays given the matching tree of logical axes."""
+  return jax.tree.map(
+      lambda x, axes: NamedSharding(mesh, spec_for(axes, rules, x.shape, mesh)),
+      abstract_tree, axes_tree)
+
+
+def batch_sharding(mesh, rules) -> NamedSharding:
+  return NamedSharding(mesh, spec_for(BATCH_AXES, rules))
+
+
+def replicated(mesh) -> NamedSharding:
+  return NamedSharding(mesh, PartitionSpec())
+
+
+# --- activation constraints -----------------------------------------------------------
+
+_ACTIVE = threading.local()
+
+
+@contextlib.contextmanager
+def use_rules(rules):
+  """Activation constraints inside this context follow `rules` (on the context's mesh)."""
+  previous = getattr(_ACTIVE, 'rules', None)
+  _ACTIVE.rules = tuple((k, tuple(v) if isinstance(v, list) else v) for k, v in rules)
+  try:
+    yield
+  finally:
+    _ACTIVE.rules = previous
+
+
+def constrain(x: jax.Array, axes: Sequence[str]) -> jax.Array:
+  """with_sharding_constraint by logical names; a no-op with no mesh or no rules active."""
+  rules = getattr(_ACTIVE, 'rules', None)
+  mesh = jax.sharding.get_abstract_mesh()
+  if rules is None or mesh.empty:
+    return x
+  return jax.lax.with_sharding_constraint(x, spec_for(axes, rules, x.shape, mesh))
+
+
+# --- multi-host -----------------------------------------------------------------------
+
+
+def maybe_initialize_distributed(dist_cfg) -> None:
+  """jax.distributed.initialize when the config or a launcher's environment asks for it.
+
+  `dist_cfg.initialize`: 'auto' initializes when JAX_COORDINATOR_ADDRESS (or a TPU/SLURM
+  launcher's variables, which jax detects itself) say this is one of several processes.
+  """
+  mode = dist_cfg.initialize
+  if mode == 'never' or jax.distributed.is_initialized():
+    return
+  explicit = dist_cfg.coordinator_address or os.environ.get('JAX_COORDINATOR_ADDRESS')
+  if mode == 'auto' and not explicit and 'TPU_WORKER_HOSTNAMES' not in os.environ \
+      and 'SLURM_JOB_ID' not in os.environ:
+    return
+  kwargs: dict[str, Any] = {}
+  if explicit:
+    kwargs['coordinator_address'] = explicit
+  if dist_cfg.num_processes > 0:
+    kwargs['num_processes'] = dist_cfg.num_processes
+  if dist_cfg.process_id >= 0:
+    kwargs['process_id'] = dist_cfg.process_id
+  jax.distributed.initialize(**kwargs)
+
+
+def global_batch_from_local(local: dict[str, np.ndarray], mesh, rules) -> dict[str, jax.Array]:
+  """Assemble each process's rows of the global batch into global sharded arrays."""
+  sharding = batch_sharding(mesh, rules)
+  return {k: jax.make_array_from_process_local_data(sharding, v) for k, v in local.items()}
