@@ -20,20 +20,23 @@ class CheckpointError(RuntimeError):
 
 class Checkpointer:
 
-  def __init__(self, directory: pathlib.Path, keep: int, every: int, use_async: bool):
+  def __init__(self, directory: pathlib.Path, keep: int, use_async: bool):
     self.directory = pathlib.Path(directory).absolute()
+    # The trainer decides when to save (orbax's own interval policy also saves the first
+    # step it sees, which a resumed run would then keep).
     options = ocp.CheckpointManagerOptions(
-        max_to_keep=keep, save_interval_steps=every, create=True,
-        enable_async_checkpointing=use_async)
+        max_to_keep=keep, create=True, enable_async_checkpointing=use_async)
     self._manager = ocp.CheckpointManager(self.directory, options=options)
 
   def latest_step(self) -> int | None:
     return self._manager.latest_step()
 
-  def save(self, step: int, state, data_state: dict, meta: dict, force: bool = False) -> bool:
-    return self._manager.save(step, args=ocp.args.Composite(
+  def save(self, step: int, state, data_state: dict, meta: dict) -> None:
+    if step in self._manager.all_steps():
+      return
+    self._manager.save(step, args=ocp.args.Composite(
         state=ocp.args.StandardSave(state), data=ocp.args.JsonSave(data_state),
-        meta=ocp.args.JsonSave(meta)), force=force)
+        meta=ocp.args.JsonSave(meta)), force=True)
 
   def restore(self, step: int, abstract_state):
     """(state, data_state, meta) of `step`, the state placed per abstract_state's shardings."""

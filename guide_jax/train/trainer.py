@@ -153,7 +153,7 @@ def train(config: ml_collections.ConfigDict, workdir: str | pathlib.Path, *,
 
     # 6. Restore the latest checkpoint, or start fresh.
     ckpt = checkpointing.Checkpointer(workdir / 'checkpoints', cfg.train.keep_checkpoints,
-                                      cfg.train.checkpoint_every, cfg.train.async_checkpoints)
+                                      cfg.train.async_checkpoints)
     meta = {'config': json.loads(cfg.to_json()), 'model': json.loads(model_cfg.to_json()),
             'vocab_path': data.vocab_path, 'vocab_size': data.vocab_size}
     latest = ckpt.latest_step()
@@ -213,16 +213,18 @@ def train(config: ml_collections.ConfigDict, workdir: str | pathlib.Path, *,
 
         if step % cfg.train.log_every == 0 or step == cfg.train.steps:
           host = jax.device_get(pending)  # one device->host sync per log interval
-          step_time = (time.perf_counter() - window_start) / max(window_steps, 1)
           last = host[-1]
           record = {metrics_lib.TOKENS: step * tokens_per_step,
                     metrics_lib.TRAIN_LOSS: float(last['loss']),
                     **_reduce({k: float(v) for k, v in last.items()}, 'train'),
                     'train/grad_norm': float(last['grad_norm']),
-                    'train/learning_rate': float(last['learning_rate']),
-                    metrics_lib.STEP_TIME: step_time,
-                    metrics_lib.TOKENS_PER_SEC: tokens_per_step / step_time,
-                    metrics_lib.MFU: flops_per_step / step_time / (peak * jax.device_count())}
+                    'train/learning_rate': float(last['learning_rate'])}
+          if window_steps:  # none when the only step since the last log was the compile
+            step_time = (time.perf_counter() - window_start) / window_steps
+            record.update({
+                metrics_lib.STEP_TIME: step_time,
+                metrics_lib.TOKENS_PER_SEC: tokens_per_step / step_time,
+                metrics_lib.MFU: flops_per_step / step_time / (peak * jax.device_count())})
           writer.write(step, record)
           pending, window_start, window_steps = [], time.perf_counter(), 0
 
@@ -231,14 +233,14 @@ def train(config: ml_collections.ConfigDict, workdir: str | pathlib.Path, *,
           writer.write(step, {metrics_lib.TOKENS: step * tokens_per_step, **last_eval})
           window_start = time.perf_counter()  # eval time is not train step time
 
-        ckpt.save(step, state, data.train.get_state(), meta)
+        if step % cfg.train.checkpoint_every == 0:
+          ckpt.save(step, state, data.train.get_state(), meta)
         if stop.event.is_set() or step == interrupt_at_step:
           interrupted = True
           break
 
-    # 9. Final checkpoint (forced: also when preempted between intervals).
-    if ckpt.latest_step() != step:
-      ckpt.save(step, state, data.train.get_state(), meta, force=True)
+    # 9. Final checkpoint: at the end, and when preempted between intervals.
+    ckpt.save(step, state, data.train.get_state(), meta)
     ckpt.close()
     writer.print(f'{"preempted" if interrupted else "finished"} at step {step}; checkpoint '
                  f'in {ckpt.directory}')

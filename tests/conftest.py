@@ -1,0 +1,34 @@
+"""8 fake CPU devices before JAX initialises, and an isolated tokenizer/token cache."""
+
+import os
+import sys
+import tempfile
+
+os.environ.setdefault('GUIDE_JAX_CACHE', tempfile.mkdtemp(prefix='guide_jax_test_cache_'))
+
+import jax  # noqa: E402
+
+jax.config.update('jax_num_cpu_devices', 8)
+jax.config.update('jax_platforms', 'cpu')
+
+import pytest  # noqa: E402
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, REPO)
+
+
+def load_experiment(name: str):
+  import importlib.util
+  spec = importlib.util.spec_from_file_location(name, os.path.join(REPO, 'experiments', f'{name}.py'))
+  module = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(module)
+  return module.get_config()
+
+
+@pytest.fixture
+def tiny_config():
+  c = load_experiment('lm_tiny')
+  c.train.progress_bar = False
+  c.train.async_checkpoints = False
+  c.train.peak_flops = 1e11  # skip the matmul measurement in tests
+  return c

@@ -1,0 +1,104 @@
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+import pytest
+from jax.sharding import PartitionSpec as P
+
+from guide_jax import sharding
+from guide_jax.data import pipeline
+from guide_jax.models import transformer
+from guide_jax.train import optimizer, steps, trainer
+
+MESHES = [(1, 1, 1), (8, 1, 1), (2, 4, 1), (2, 2, 2), (1, 2, 4)]
+
+
+def mesh_of(shape):
+  cfg = ml_collections.ConfigDict(dict(zip(sharding.MESH_AXES, shape)))
+  devices = jax.devices()[:int(np.prod(shape))]
+  return sharding.make_mesh(cfg, devices)
+
+
+def synthetic_batch(m, batch=8, seq=16):
+  src = pipeline.SyntheticSource(m.vocab_size, seq, seed=0)
+  return pipeline.BatchIterator(src, batch, 0, 1).batch_at(0)
+
+
+def loss_and_grad_norm_on(shape, tiny_config):
+  """One train step on `shape`: the loss before it and the updated params."""
+  c = tiny_config
+  mesh, rules = mesh_of(shape), tuple(c.logical_rules)
+  m = c.model
+  with jax.set_mesh(mesh), sharding.use_rules(rules):
+    abstract = transformer.abstract_params(m)
+    pshard = sharding.tree_shardings(abstract, transformer.logical_axes(m), mesh, rules)
+    tx = optimizer.make(c.train)
+    shard = trainer.state_shardings(pshard, tx, abstract, mesh)
+    init = jax.jit(lambda k: {'params': (p := transformer.init_params(m, k)),
+                              'opt_state': tx.init(p), 'step': jnp.zeros((), jnp.int32)},
+                   out_shardings=shard)
+    state = init(jax.random.key(0))
+    step = jax.jit(steps.make_train_step(trainer.lm_objective(m, 1e-4), tx, 2,
+                                         optimizer.learning_rate_schedule(c.train)),
+                   out_shardings=(shard, None))
+    batch = sharding.global_batch_from_local(synthetic_batch(m), mesh, rules)
+    state, metrics = step(state, batch)
+    return float(metrics['loss']), jax.device_get(state['params']), state
+
+
+def test_same_loss_and_update_on_every_mesh(tiny_config):
+  ref_loss, ref_params, _ = loss_and_grad_norm_on(MESHES[0], tiny_config)
+  for shape in MESHES[1:]:
+    loss, params, _ = loss_and_grad_norm_on(shape, tiny_config)
+    assert abs(loss - ref_loss) <= 1e-5 * abs(ref_loss), shape
+    for a, b in zip(jax.tree.leaves(params), jax.tree.leaves(ref_params)):
+      np.testing.assert_allclose(a, b, atol=1e-5, rtol=1e-5, err_msg=str(shape))
+
+
+def test_params_land_on_their_logical_partition_specs(tiny_config):
+  _, _, state = loss_and_grad_norm_on((2, 2, 2), tiny_config)
+  params = state['params']
+  attn = params['blocks']['attn']
+  # rules: embed->fsdp, heads->tensor, kv_heads->tensor, mlp->tensor, vocab->tensor
+  assert attn['wq'].sharding.spec == P(None, 'fsdp', 'tensor')
+  assert attn['wk'].sharding.spec == P(None, 'fsdp', 'tensor')  # 2 kv heads / tensor=2
+  assert attn['wo'].sharding.spec == P(None, 'tensor', None, 'fsdp')
+  assert params['blocks']['mlp']['w_gate'].sharding.spec == P(None, 'fsdp', 'tensor')
+  assert params['blocks']['mlp']['w_out'].sharding.spec == P(None, 'tensor', 'fsdp')
+  assert params['embedding'].sharding.spec == P('tensor', 'fsdp')
+  assert params['blocks']['norm1']['scale'].sharding.spec == P(None, 'fsdp')
+  # every leaf: the spec its logical axes give under the rules
+  axes = transformer.logical_axes(tiny_config.model)
+  mesh = state['step'].sharding.mesh
+  for x, a in zip(jax.tree.leaves(params), jax.tree.leaves(axes, is_leaf=lambda t: isinstance(t, tuple))):
+    assert x.sharding.spec == sharding.spec_for(a, tiny_config.logical_rules, x.shape, mesh)
+  # Adam moments follow their parameter.
+  mu = state['opt_state'][1][0].mu
+  assert mu['blocks']['attn']['wq'].sharding.spec == attn['wq'].sharding.spec
+
+
+def test_spec_for_rules():
+  rules = sharding.DEFAULT_RULES
+  assert sharding.spec_for(('act_batch', 'act_length'), rules) == P(('data', 'fsdp'))
+  assert sharding.spec_for(('embed', 'mlp'), rules) == P('fsdp', 'tensor')
+  # a mesh axis is used once per array
+  assert sharding.spec_for(('embed', 'embed'), (('embed', 'fsdp'),)) == P('fsdp')
+  mesh = mesh_of((1, 2, 4))
+  # 2 kv heads cannot split 4 ways: that dim stays replicated
+  assert sharding.spec_for(('embed', 'kv_heads', 'kv'), rules, (64, 2, 16), mesh) == P('fsdp')
+
+
+@pytest.mark.parametrize('shape,devices,expect', [
+    ({'data': -1, 'fsdp': 2, 'tensor': 1}, 8, (4, 2, 1)),
+    ({'data': 2, 'fsdp': 2, 'tensor': 2}, 8, (2, 2, 2)),
+])
+def test_resolve_mesh_shape(shape, devices, expect):
+  assert sharding.resolve_mesh_shape(shape, devices) == expect
+
+
+@pytest.mark.parametrize('shape', [{'data': 3, 'fsdp': 1, 'tensor': 1},
+                                   {'data': -1, 'fsdp': -1, 'tensor': 1},
+                                   {'data': -1, 'fsdp': 3, 'tensor': 1}])
+def test_resolve_mesh_shape_errors(shape):
+  with pytest.raises(ValueError, match='mesh'):
+    sharding.resolve_mesh_shape(shape, 8)
