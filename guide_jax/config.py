@@ -170,3 +170,18 @@ def validate(c: ml_collections.ConfigDict, num_devices: int, num_processes: int 
                f'use one of {sharding.MESH_AXES}')
   missing = {'vocab', 'embed', 'act_batch'} - rule_names
   _require(not missing, f'logical_rules lacks {sorted(missing)}; add a rule for each')
+
+
+def guide_config() -> ml_collections.ConfigDict:
+  """GUIDE_METHOD.md's flags; defaults are the paper's choices where it states them."""
+  g = ml_collections.ConfigDict()
+  g.init = 'blocks'              # overwrite the random init with: 'none', 'embeddings', 'blocks'
+  g.center = False               # PCA of E_T minus its row mean
+  g.pca_rows = 'embed'           # 'embed' or 'embed+pos' (E_T rows stacked on P_T)
+  g.fold_norm = True             # fold the teacher's norm gains into the read weights
+  g.blocks = 'first'             # guided blocks: 'first' (the paper) or 'all' (US over depth)
+  g.attn_logit_rescale = False   # W_Q,S *= sqrt(l_T / l_S)
+  g.rescale_outputs = False      # W_O,S *= h_T / h_S and W_out,S *= f_T / f_S
+  g.unembed = False              # untied student: W_U,S from the teacher's output layer
+  g.approx_teacher_eval = True   # log the eval loss of the teacher with E_T -> E_T M M^T
+  return g

@@ -1,0 +1,230 @@
+"""GUIDE: the teacher's parameters projected into the student's (GUIDE_METHOD.md 1-3).
+
+`project(teacher_params, teacher_cfg, student_cfg, guide_cfg)` is a pure function of
+arrays, meant to run under `jax.jit` with out_shardings equal to the student's shardings.
+It returns the projected ("guided") student leaves and diagnostics:
+
+  guided['embedding'] = (c_T / c_S) * E_T @ M
+  guided['pos_embedding'] = P_T[:L_S] @ M                    (learned positions)
+  guided['blocks'][...] stacked over `guided_layers(...)`   (student block indices)
+  guided['unembed'] = sqrt(d_T/d_S) * M^T diag(gf_T) W_U,T  (guide.unembed, untied student)
+
+M is computed from C = A^T A, a matmul reduced over the vocabulary axis, so a
+vocabulary-sharded E_T is never gathered; eigh runs on the small d_T x d_T matrix.
+Residual-stream conventions: weights that *read* the stream see the student vector
+through M^T (norm gain folded in), weights that *write* it are mapped back with @ M.
+"""
+
+from __future__ import annotations
+
+import math
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+
+Array = jax.Array
+F32 = jnp.float32
+
+
+class GuideError(ValueError):
+  """A teacher/student pair GUIDE cannot map. The message names the field."""
+
+
+def uniform_selection(total: int, keep: int) -> np.ndarray:
+  """US(D -> k)[i] = floor(i * D / k), i = 0..k-1."""
+  if not 0 < keep <= total:
+    raise GuideError(f'uniform selection of {keep} from {total} is impossible')
+  return (np.arange(keep) * total) // keep
+
+
+def guided_layers(teacher_cfg, student_cfg, guide_cfg) -> tuple[np.ndarray, np.ndarray]:
+  """(student block indices, teacher block indices) that GUIDE maps."""
+  if guide_cfg.blocks == 'first':
+    return np.array([0]), np.array([0])
+  return np.arange(student_cfg.n_layers), uniform_selection(teacher_cfg.n_layers,
+                                                            student_cfg.n_layers)
+
+
+def head_selection(t, s) -> tuple[np.ndarray, np.ndarray]:
+  """(teacher query head per student head, teacher kv head per student kv head).
+
+  kv groups J_kv = US(h_kv_T -> h_kv_S); inside each chosen group, query heads by US
+  over the group's heads, so each student query head keeps its teacher head's kv head.
+  """
+  kv = uniform_selection(t.n_kv_heads, s.n_kv_heads)
+  group_t, group_s = t.n_heads // t.n_kv_heads, s.n_heads // s.n_kv_heads
+  within = uniform_selection(group_t, group_s)
+  q = np.array([kv[j // group_s] * group_t + within[j % group_s] for j in range(s.n_heads)])
+  return q, kv
+
+
+def head_dim_selection(t, s) -> np.ndarray:
+  """Teacher head dims kept: US(l_T -> l_S), or whole rotary pairs with RoPE."""
+  if t.position != 'rope':
+    return uniform_selection(t.head_dim, s.head_dim)
+  pairs = uniform_selection(t.head_dim // 2, s.head_dim // 2)
+  # 'split halves' layout: pair k is dims (k, k + l/2)
+  return np.concatenate([pairs, pairs + t.head_dim // 2])
+
+
+def check_compatible(t, s, guide_cfg) -> None:
+  """GUIDE_METHOD.md's requirements, each a one-line GuideError naming the field."""
+  for name in ('d_model', 'n_heads', 'n_kv_heads', 'head_dim', 'mlp_dim'):
+    if s[name] > t[name]:
+      raise GuideError(f'student model.{name}={s[name]} exceeds the teacher\'s {t[name]}; '
+                       f'GUIDE needs a student no larger than its teacher')
+  if s.vocab_size != t.vocab_size:
+    raise GuideError(f'student model.vocab_size={s.vocab_size} differs from the teacher\'s '
+                     f'{t.vocab_size}; they must share the tokenizer')
+  if s.position != t.position:
+    raise GuideError(f'student model.position={s.position!r} differs from the teacher\'s '
+                     f'{t.position!r}; GUIDE maps positions of the same scheme')
+  if s.position == 'learned' and s.max_len > t.max_len:
+    raise GuideError(f'student model.max_len={s.max_len} exceeds the teacher\'s {t.max_len} '
+                     f'(learned positions are copied from the teacher\'s table)')
+  if s.n_heads // s.n_kv_heads > t.n_heads // t.n_kv_heads:
+    raise GuideError(f'student query heads per kv head ({s.n_heads}/{s.n_kv_heads}) exceed '
+                     f'the teacher\'s ({t.n_heads}/{t.n_kv_heads}); lower model.n_heads or '
+                     f'raise model.n_kv_heads')
+  if s.norm != t.norm or s.mlp != t.mlp or s.use_bias != t.use_bias:
+    raise GuideError('student model.norm/mlp/use_bias must equal the teacher\'s '
+                     f'({t.norm}/{t.mlp}/{t.use_bias}); GUIDE maps blocks of the same family')
+  if s.position == 'rope':
+    if s.head_dim != t.head_dim and t.head_dim % s.head_dim:
+      raise GuideError(f'student model.head_dim={s.head_dim} must divide the teacher\'s '
+                       f'{t.head_dim} with rope (only then are rotary frequencies exact)')
+    if s.rope_base != t.rope_base:
+      raise GuideError(f'student model.rope_base={s.rope_base} differs from the teacher\'s '
+                       f'{t.rope_base}')
+  if guide_cfg.blocks not in ('first', 'all'):
+    raise GuideError(f"guide.blocks={guide_cfg.blocks!r} must be 'first' or 'all'")
+  if guide_cfg.pca_rows not in ('embed', 'embed+pos'):
+    raise GuideError(f"guide.pca_rows={guide_cfg.pca_rows!r} must be 'embed' or 'embed+pos'")
+  if guide_cfg.pca_rows == 'embed+pos' and t.position != 'learned':
+    raise GuideError("guide.pca_rows='embed+pos' needs learned positions (model.position)")
+
+
+# --- 1. the projection M ----------------------------------------------------------------
+
+
+def pca_basis(teacher_params: dict, d_student: int, center: bool, pca_rows: str):
+  """(M [d_T, d_S], eigenvalues descending [d_T], explained variance)."""
+  rows = [teacher_params['embedding'].astype(F32)]
+  if pca_rows == 'embed+pos':
+    rows.append(teacher_params['pos_embedding'].astype(F32))
+  # C = A^T A: each row block contributes a matmul reduced over its (possibly sharded)
+  # row axis; XLA reduces partial sums across shards instead of gathering the table.
+  cov = sum(jnp.einsum('vd,ve->de', a, a, preferred_element_type=F32) for a in rows)
+  if center:
+    n = sum(a.shape[0] for a in rows)
+    mean = sum(jnp.sum(a, axis=0) for a in rows) / n
+    cov = cov - n * jnp.outer(mean, mean)
+  eigvals, eigvecs = jnp.linalg.eigh(cov)                 # ascending
+  eigvals, eigvecs = eigvals[::-1], eigvecs[:, ::-1]      # descending
+  m = eigvecs[:, :d_student]
+  # Deterministic signs: each column's largest-magnitude entry is positive.
+  pivot = jnp.take_along_axis(m, jnp.argmax(jnp.abs(m), axis=0)[None], axis=0)
+  m = m * jnp.where(pivot < 0, -1.0, 1.0)
+  explained = jnp.sum(eigvals[:d_student]) / jnp.trace(cov)
+  return m, eigvals, explained
+
+
+# --- 2./3. mapping the leaves -----------------------------------------------------------
+
+
+def _read(w, m, gain, scale):
+  """Read weight [d_T, ...] -> [d_S, ...]: scale * M^T diag(gain) W."""
+  return scale * jnp.einsum('ds,d...->s...', m, w * gain.reshape((-1,) + (1,) * (w.ndim - 1)))
+
+
+def _write(w, m):
+  """Write weight [..., d_T] -> [..., d_S]: W @ M."""
+  return jnp.einsum('...d,ds->...s', w, m)
+
+
+def _project_block(tb: dict, m, t, s, g) -> dict:
+  """One teacher block's leaves (no layer axis) -> the student block's leaves."""
+  q_heads, kv_heads = head_selection(t, s)
+  dims = head_dim_selection(t, s)
+  mlp_units = uniform_selection(t.mlp_dim, s.mlp_dim)
+  fold = g.fold_norm
+  norm_scale = math.sqrt(t.d_model / s.d_model) if fold else 1.0
+  ones = lambda d: jnp.ones((d,), F32)
+
+  def gain(norm):
+    return tb[norm]['scale'].astype(F32) if fold else ones(t.d_model)
+
+  def norm_bias_through(norm, w_sel):
+    """b_norm @ W_T[:, sel]: the teacher norm's bias, folded into the read bias."""
+    if fold and t.norm == 'layernorm':
+      return jnp.einsum('d,d...->...', tb[norm]['bias'].astype(F32), w_sel)
+    return 0.0
+
+  attn_t, mlp_t = tb['attn'], tb['mlp']
+  q_scale = math.sqrt(t.head_dim / s.head_dim) if g.attn_logit_rescale else 1.0
+  attn: dict = {}
+  for name, heads, extra in (('wq', q_heads, q_scale), ('wk', kv_heads, 1.0),
+                             ('wv', kv_heads, 1.0)):
+    w_sel = attn_t[name].astype(F32)[:, heads][:, :, dims]
+    attn[name] = extra * _read(w_sel, m, gain('norm1'), norm_scale)
+    if s.use_bias:
+      b = attn_t['b' + name[1:]].astype(F32)[heads][:, dims]
+      attn['b' + name[1:]] = extra * (b + norm_bias_through('norm1', w_sel))
+  out_scale = t.n_heads / s.n_heads if g.rescale_outputs else 1.0
+  attn['wo'] = out_scale * _write(attn_t['wo'].astype(F32)[q_heads][:, dims], m)
+  if s.use_bias:
+    attn['bo'] = _write(attn_t['bo'].astype(F32), m)
+
+  mlp: dict = {}
+  for name in [k for k in mlp_t if k in ('w_in', 'w_gate', 'w_up')]:
+    w_sel = mlp_t[name].astype(F32)[:, mlp_units]
+    mlp[name] = _read(w_sel, m, gain('norm2'), norm_scale)
+    if s.use_bias:
+      mlp['b' + name[1:]] = mlp_t['b' + name[1:]].astype(F32)[mlp_units] + \
+          norm_bias_through('norm2', w_sel)
+  mlp_scale = t.mlp_dim / s.mlp_dim if g.rescale_outputs else 1.0
+  mlp['w_out'] = mlp_scale * _write(mlp_t['w_out'].astype(F32)[mlp_units], m)
+  if s.use_bias:
+    mlp['b_out'] = _write(mlp_t['b_out'].astype(F32), m)
+
+  block = {'attn': attn, 'mlp': mlp}
+  for norm in ('norm1', 'norm2'):  # gains folded into the reads: the student's are 1
+    block[norm] = {'scale': ones(s.d_model)}
+    if s.norm == 'layernorm':
+      block[norm]['bias'] = jnp.zeros((s.d_model,), F32)
+  return block
+
+
+def project(teacher_params: dict, teacher_cfg: ml_collections.ConfigDict,
+            student_cfg: ml_collections.ConfigDict, guide_cfg: ml_collections.ConfigDict
+            ) -> tuple[dict, dict]:
+  """(guided student leaves in the student's param dtype, diagnostics)."""
+  t, s, g = teacher_cfg, student_cfg, guide_cfg
+  m, eigvals, explained = pca_basis(teacher_params, s.d_model, g.center, g.pca_rows)
+  c_t = math.sqrt(t.d_model) if t.scale_embeddings else 1.0
+  c_s = math.sqrt(s.d_model) if s.scale_embeddings else 1.0
+  guided: dict = {'embedding': (c_t / c_s) * teacher_params['embedding'].astype(F32) @ m}
+  if s.position == 'learned':
+    guided['pos_embedding'] = teacher_params['pos_embedding'][:s.max_len].astype(F32) @ m
+
+  _, t_layers = guided_layers(t, s, g)
+  per_layer = [_project_block(jax.tree.map(lambda a, i=i: a[i], teacher_params['blocks']),
+                              m, t, s, g) for i in t_layers]
+  guided['blocks'] = jax.tree.map(lambda *xs: jnp.stack(xs), *per_layer)
+
+  if g.unembed and not s.tie_embeddings:
+    w_u = (teacher_params['embedding'].T if t.tie_embeddings
+           else teacher_params['unembed']).astype(F32)
+    final_gain = teacher_params['final_norm']['scale'].astype(F32)
+    guided['unembed'] = _read(w_u, m, final_gain, math.sqrt(t.d_model / s.d_model))
+    guided['final_norm'] = {'scale': jnp.ones((s.d_model,), F32)}
+    if s.norm == 'layernorm':  # a LayerNorm's final bias has no output bias to fold into
+      guided['final_norm']['bias'] = jnp.zeros((s.d_model,), F32)
+
+  dtype = jnp.dtype(s.param_dtype)
+  guided = jax.tree.map(lambda x: x.astype(dtype), guided)
+  diagnostics = {'explained_variance': explained, 'eigenvalues': eigvals,
+                 'leaf_norms': jax.tree.map(jnp.linalg.norm, guided), 'projection': m}
+  return guided, diagnostics
