@@ -10,6 +10,7 @@ from __future__ import annotations
 import ml_collections
 
 from guide_jax import sharding
+from guide_jax.losses import loss_config
 
 
 class ConfigError(ValueError):
@@ -91,6 +92,15 @@ def base_config() -> ml_collections.ConfigDict:
   c.train.async_checkpoints = True # write checkpoints in the background
   c.train.progress_bar = True      # console progress bar (process 0)
   c.train.peak_flops = 0.0         # per-device peak FLOP/s for MFU; 0 = known table or measure
+
+  # Distillation: a teacher makes this a GUIDE/KD student run (else plain pretraining).
+  c.teacher = ml_collections.ConfigDict()
+  c.teacher.checkpoint = ''        # a teacher's workdir (model config + vocab read from it)
+  c.teacher.pretrain = ml_collections.ConfigDict()  # or: a pretraining config, trained
+                                   # into WORKDIR/teacher first when no teacher is there
+  c.teacher.dtype = 'float32'      # teacher storage/compute dtype ('bfloat16' halves memory)
+  c.guide = guide_config()
+  c.loss = loss_config()
   return c
 
 

@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import jax
 import jax.numpy as jnp
+import ml_collections
+import optax
 
 
 def cross_entropy_sums(logits: jax.Array, targets: jax.Array, weights: jax.Array
@@ -21,3 +23,113 @@ def cross_entropy_sums(logits: jax.Array, targets: jax.Array, weights: jax.Array
   hits = (jnp.argmax(logits, axis=-1) == targets).astype(jnp.float32)
   return {'ce': jnp.sum(ce * weights), 'z': jnp.sum(jnp.square(log_z) * weights),
           'correct': jnp.sum(hits * weights), 'weight': jnp.sum(weights)}
+
+
+# --- knowledge distillation ---------------------------------------------------------------
+
+KD_KINDS = ('forward_kl', 'reverse_kl', 'jsd')
+
+
+def kd_per_token(student_logits: jax.Array, teacher_logits: jax.Array, temperature: float,
+                 kind: str = 'forward_kl', beta: float = 0.5) -> jax.Array:
+  """tau^2 * divergence(teacher || student) per token, in float32.
+
+  forward_kl: KL(p_T || p_S); reverse_kl: KL(p_S || p_T); jsd: generalized JSD with
+  mixture m = beta p_T + (1 - beta) p_S: beta KL(p_T || m) + (1 - beta) KL(p_S || m).
+  """
+  log_s = jax.nn.log_softmax(student_logits.astype(jnp.float32) / temperature, axis=-1)
+  log_t = jax.nn.log_softmax(teacher_logits.astype(jnp.float32) / temperature, axis=-1)
+  kl = lambda log_p, log_q: jnp.sum(jnp.exp(log_p) * (log_p - log_q), axis=-1)
+  if kind == 'forward_kl':
+    div = kl(log_t, log_s)
+  elif kind == 'reverse_kl':
+    div = kl(log_s, log_t)
+  elif kind == 'jsd':
+    log_m = jnp.logaddexp(jnp.log(beta) + log_t, jnp.log1p(-beta) + log_s)
+    div = beta * kl(log_t, log_m) + (1 - beta) * kl(log_s, log_m)
+  else:
+    raise ValueError(f'loss.kd_kind={kind!r} must be one of {KD_KINDS}')
+  return temperature ** 2 * div
+
+
+def weight_schedule(cfg, total_steps: int) -> optax.Schedule:
+  """A loss weight over training steps: constant, linear, cosine or step.
+
+  Fields: kind, value (at step 0), end_value, steps (transition length; 0 = total_steps).
+  linear/cosine go from value to end_value over `steps`; step jumps there at `steps`.
+  """
+  steps = int(cfg.steps) or total_steps
+  start, end = float(cfg.value), float(cfg.end_value)
+  if cfg.kind == 'constant':
+    return optax.constant_schedule(start)
+  if cfg.kind == 'linear':
+    return optax.linear_schedule(start, end, steps)
+  if cfg.kind == 'cosine':
+    return lambda t: end + (start - end) * 0.5 * (
+        1 + jnp.cos(jnp.pi * jnp.minimum(t / steps, 1.0)))
+  if cfg.kind == 'step':
+    return optax.join_schedules([optax.constant_schedule(start), optax.constant_schedule(end)],
+                                [steps])
+  raise ValueError(f"schedule kind {cfg.kind!r} must be constant, linear, cosine or step")
+
+
+def weight_config(value: float, kind: str = 'constant', end_value: float = 0.0,
+                  steps: int = 0) -> ml_collections.ConfigDict:
+  return ml_collections.ConfigDict(dict(kind=kind, value=value, end_value=end_value,
+                                        steps=steps))
+
+
+def loss_config() -> ml_collections.ConfigDict:
+  c = ml_collections.ConfigDict()
+  c.ce = weight_config(1.0)         # w_ce(t)
+  c.kd = weight_config(0.0)         # w_kd(t); 0 everywhere = no teacher forward pass
+  c.match = weight_config(0.0)      # w_match(t): relative L2 to the projected teacher
+  c.kd_kind = 'forward_kl'          # 'forward_kl', 'reverse_kl' or 'jsd'
+  c.temperature = 1.0               # tau (KD is scaled by tau^2)
+  c.jsd_beta = 0.5                  # mixture weight of the teacher in jsd
+  return c
+
+
+class DistillLoss:
+  """w_ce(t) CE + w_kd(t) KD + w_match(t) MATCH, validated on construction."""
+
+  def __init__(self, cfg: ml_collections.ConfigDict, total_steps: int, z_loss: float = 0.0):
+    if cfg.temperature <= 0:
+      raise ValueError(f'loss.temperature={cfg.temperature} must be > 0')
+    if cfg.kd_kind not in KD_KINDS:
+      raise ValueError(f'loss.kd_kind={cfg.kd_kind!r} must be one of {KD_KINDS}')
+    if not 0 < cfg.jsd_beta < 1:
+      raise ValueError(f'loss.jsd_beta={cfg.jsd_beta} must be in (0, 1)')
+    for name in ('ce', 'kd', 'match'):
+      w = cfg[name]
+      if w.value < 0 or w.end_value < 0:
+        raise ValueError(f'loss.{name}.value/end_value must be >= 0, got {w.value}/{w.end_value}')
+      if w.kind not in ('constant', 'linear', 'cosine', 'step'):
+        raise ValueError(f'loss.{name}.kind={w.kind!r} must be constant, linear, cosine or step')
+      if w.steps < 0:
+        raise ValueError(f'loss.{name}.steps={w.steps} must be >= 0')
+    self.cfg, self.z_loss = cfg, z_loss
+    self.w_ce, self.w_kd, self.w_match = (weight_schedule(cfg[n], total_steps)
+                                          for n in ('ce', 'kd', 'match'))
+    uses = lambda w: w.value > 0 or (w.kind != 'constant' and w.end_value > 0)
+    self.uses_kd, self.uses_match = uses(cfg.kd), uses(cfg.match)
+
+  def sums(self, step, student_logits, batch, teacher_logits=None, match=None):
+    """(weighted loss sum, metric sums) for one (micro-)batch."""
+    weights = batch['loss_weights']
+    sums = cross_entropy_sums(student_logits, batch['targets'], weights)
+    loss = self.w_ce(step) * sums['ce'] + self.z_loss * sums['z']
+    if teacher_logits is not None:
+      kd = jnp.sum(kd_per_token(student_logits, teacher_logits, self.cfg.temperature,
+                                self.cfg.kd_kind, self.cfg.jsd_beta) * weights)
+      teacher = cross_entropy_sums(teacher_logits, batch['targets'], weights)
+      agree = (jnp.argmax(student_logits, -1) == jnp.argmax(teacher_logits, -1))
+      sums.update(kd=kd, teacher_ce=teacher['ce'],
+                  agreement=jnp.sum(agree.astype(jnp.float32) * weights))
+      loss += self.w_kd(step) * kd
+    if match is not None:
+      # MATCH is per step, not per token: weight it by this micro-batch's share of tokens
+      # so that the step's division by the total weight leaves w_match * MATCH.
+      sums['match'] = match * sums['weight']
+      loss += self.w_match(step) * match * sums['weight']
+    return loss, sums

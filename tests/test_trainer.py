@@ -107,7 +107,7 @@ def test_resuming_a_different_model_is_refused(resume_config, tmp_path):
 
 def test_corrupted_checkpoint_is_a_clear_error(resume_config, tmp_path):
   trainer.train(resume_config, tmp_path, interrupt_at_step=2)
-  state_dir = tmp_path / 'checkpoints' / '2' / 'state'
+  state_dir = tmp_path / 'checkpoints' / '2' / 'params'
   for root, _, files in os.walk(state_dir):
     for f in files:
       with open(os.path.join(root, f), 'wb') as fh:

@@ -1,8 +1,10 @@
 """orbax checkpoints: the train state, the data iterator's state, and run metadata.
 
-Items of one step: `state` (params, optimizer state, step: StandardSave, restorable onto
-any mesh by giving the abstract target the new NamedShardings), `data` (the iterator
-state, JSON) and `meta` (the config, the model config and the vocabulary file, JSON).
+Items of one step: `params` and `train_state` (optimizer state and step), both
+StandardSave and restorable onto any mesh by giving the abstract target the new
+NamedShardings; `data` (the iterator state, JSON); `meta` (the config, the model config
+and the vocabulary file, JSON). Params are an item of their own so that a teacher is
+loaded without its optimizer state.
 Nothing here ever deletes a checkpoint that the manager did not write in this run's
 retention policy; an unreadable checkpoint is an error, not something to overwrite.
 """
@@ -31,33 +33,40 @@ class Checkpointer:
   def latest_step(self) -> int | None:
     return self._manager.latest_step()
 
-  def save(self, step: int, state, data_state: dict, meta: dict) -> None:
+  def save(self, step: int, state: dict, data_state: dict, meta: dict) -> None:
+    """Save {'params', 'opt_state', 'step'} (once per step; async when configured)."""
     if step in self._manager.all_steps():
       return
     self._manager.save(step, args=ocp.args.Composite(
-        state=ocp.args.StandardSave(state), data=ocp.args.JsonSave(data_state),
-        meta=ocp.args.JsonSave(meta)), force=True)
+        params=ocp.args.StandardSave(state['params']),
+        train_state=ocp.args.StandardSave({'opt_state': state['opt_state'],
+                                           'step': state['step']}),
+        data=ocp.args.JsonSave(data_state), meta=ocp.args.JsonSave(meta)), force=True)
 
-  def restore(self, step: int, abstract_state):
-    """(state, data_state, meta) of `step`, the state placed per abstract_state's shardings."""
+  def _restore(self, step: int, **items):
     try:
-      restored = self._manager.restore(step, args=ocp.args.Composite(
-          state=ocp.args.StandardRestore(abstract_state), data=ocp.args.JsonRestore(),
-          meta=ocp.args.JsonRestore()))
+      return self._manager.restore(step, args=ocp.args.Composite(**items))
     except Exception as e:  # orbax raises many types for a damaged directory
       raise CheckpointError(
           f'checkpoint {self.directory}/{step} is unreadable ({type(e).__name__}: '
-          f'{str(e).splitlines()[0][:200]}); move it away to restart from the previous one '
-          f'or use a new --workdir') from e
-    return restored['state'], restored['data'], restored['meta']
+          f'{str(e).splitlines()[0][:200] if str(e) else ""}); move it away to restart from '
+          f'the previous one or use a new --workdir') from e
+
+  def restore(self, step: int, abstract_state: dict):
+    """(state, data_state) of `step`, placed per abstract_state's shardings."""
+    restored = self._restore(
+        step, params=ocp.args.StandardRestore(abstract_state['params']),
+        train_state=ocp.args.StandardRestore({'opt_state': abstract_state['opt_state'],
+                                              'step': abstract_state['step']}),
+        data=ocp.args.JsonRestore())
+    return {'params': restored['params'], **restored['train_state']}, restored['data']
+
+  def restore_params(self, step: int, abstract_params: dict) -> dict:
+    """Only the parameters (a teacher: no optimizer state is read)."""
+    return self._restore(step, params=ocp.args.StandardRestore(abstract_params))['params']
 
   def restore_meta(self, step: int) -> dict:
-    try:
-      return self._manager.restore(step, args=ocp.args.Composite(
-          meta=ocp.args.JsonRestore()))['meta']
-    except Exception as e:
-      raise CheckpointError(f'checkpoint {self.directory}/{step} has no readable metadata '
-                            f'({type(e).__name__}); move it away or use a new --workdir') from e
+    return self._restore(step, meta=ocp.args.JsonRestore())['meta']
 
   def wait(self) -> None:
     self._manager.wait_until_finished()

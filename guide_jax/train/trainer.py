@@ -26,10 +26,11 @@ import ml_collections
 import optax
 
 from guide_jax import config as config_lib
-from guide_jax import losses, sharding
+from guide_jax import guide, losses, sharding
 from guide_jax.data import pipeline
 from guide_jax.models import transformer
 from guide_jax.train import checkpointing, flops, optimizer, steps
+from guide_jax.train import teacher as teacher_lib
 from guide_jax.train import metrics as metrics_lib
 from guide_jax.train.checkpointing import CheckpointError
 
@@ -78,16 +79,18 @@ def _reduce(sums: dict[str, float], prefix: str) -> dict[str, float]:
   """Weighted sums -> per-token means named `prefix/...`."""
   w = max(sums['weight'], 1.0)
   out = {f'{prefix}/ce': sums['ce'] / w, f'{prefix}/accuracy': sums['correct'] / w}
-  if 'z' in sums:
-    out[f'{prefix}/z_loss'] = sums['z'] / w
+  for name in ('z', 'kd', 'teacher_ce', 'agreement', 'match'):
+    if name in sums:
+      out[f'{prefix}/{"z_loss" if name == "z" else name}'] = sums[name] / w
   return out
 
 
-def evaluate(eval_fn, params, eval_batches, mesh, rules) -> dict[str, float]:
-  """Eval loss in nats/token over the fixed eval batches, and perplexity."""
+def evaluate(eval_fn, params, eval_batches, mesh, rules, extra=()) -> dict[str, float]:
+  """Eval loss (CE) in nats/token over the fixed eval batches, and perplexity."""
   total: dict[str, float] = {}
   for local in eval_batches:
-    sums = jax.device_get(eval_fn(params, sharding.global_batch_from_local(local, mesh, rules)))
+    batch = sharding.global_batch_from_local(local, mesh, rules)
+    sums = jax.device_get(eval_fn(params, batch, *extra))
     for k, v in sums.items():
       total[k] = total.get(k, 0.0) + float(v)
   out = _reduce(total, 'eval')
@@ -112,29 +115,67 @@ def param_table(params: dict) -> str:
   return '\n'.join(lines)
 
 
+def distill_objective(student_cfg, teacher_cfg, loss: losses.DistillLoss,
+                      layers) -> steps.Objective:
+  """w_ce CE + w_kd KD (teacher forward under stop_gradient) + w_match MATCH."""
+
+  def objective(params, batch, step, teacher_params, theta_hat):
+    student_logits = transformer.apply(student_cfg, params, batch)
+    teacher_logits = None
+    if loss.uses_kd:
+      teacher_logits = jax.lax.stop_gradient(
+          transformer.apply(teacher_cfg, teacher_params, batch))
+    match = guide.match_loss(params, theta_hat, layers) if loss.uses_match else None
+    return loss.sums(step, student_logits, batch, teacher_logits, match)
+
+  return objective
+
+
+def _like(subset: dict, full: dict) -> dict:
+  """The leaves of `full` at the keys of `subset` (e.g. shardings of the guided leaves)."""
+  return {k: _like(v, full[k]) if isinstance(v, dict) else full[k] for k, v in subset.items()}
+
+
 def train(config: ml_collections.ConfigDict, workdir: str | pathlib.Path, *,
           interrupt_at_step: int | None = None) -> dict[str, Any]:
   """Run (or resume) training. `interrupt_at_step` simulates a preemption (tests)."""
   workdir = pathlib.Path(workdir)
-  cfg = config
+  cfg = ml_collections.ConfigDict(config.to_dict())  # never mutate the caller's config
+  distill = teacher_lib.is_distillation(cfg)
 
   # 1. Validate before touching anything: processes and devices first, so the mesh
-  #    check sees the real device count.
+  #    check sees the real device count. A teacher to pretrain is trained first.
   sharding.maybe_initialize_distributed(cfg.distributed)
   config_lib.validate(cfg, jax.device_count(), jax.process_count())
+  if distill:
+    if cfg.teacher.pretrain:
+      config_lib.validate(cfg.teacher.pretrain, jax.device_count(), jax.process_count())
+    try:
+      losses.DistillLoss(cfg.loss, cfg.train.steps)
+    except ValueError as e:
+      raise ConfigError(str(e)) from None
+    teacher_dir = teacher_lib.ensure_trained(cfg, workdir, train)
 
   # 2. Mesh; everything below runs inside it with the config's logical-axis rules.
   mesh = sharding.make_mesh(cfg.mesh)
   rules = tuple(cfg.logical_rules)
   with jax.set_mesh(mesh), sharding.use_rules(rules):
 
-    # 3. Data (a bad corpus or tokenizer is a config error: nothing is written yet).
+    # 3. Teacher (frozen, own shardings) and data (a bad corpus is a config error).
+    teacher = None
+    if distill:
+      teacher = teacher_lib.load(teacher_dir, mesh, rules, cfg.teacher.dtype)
+      teacher_lib.check_vocabulary(cfg, teacher)
+      try:
+        guide.check_compatible(teacher.model, cfg.model, cfg.guide)
+      except guide.GuideError as e:
+        raise ConfigError(str(e)) from None
     try:
       data = pipeline.build(cfg)
     except (ValueError, FileNotFoundError) as e:
       raise ConfigError(str(e)) from None
 
-    # 4. Parameters, created directly sharded by jit's out_shardings.
+    # 4. Student parameters, created directly sharded by jit's out_shardings.
     model_cfg = cfg.model
     abstract_params = transformer.abstract_params(model_cfg)
     param_shardings = sharding.tree_shardings(
@@ -151,46 +192,79 @@ def train(config: ml_collections.ConfigDict, workdir: str | pathlib.Path, *,
 
     init_state = jax.jit(_init_state, out_shardings=shardings)
 
-    # 6. Restore the latest checkpoint, or start fresh.
+    # 4b. GUIDE: theta_hat = project(teacher) under jit, placed like the student's leaves;
+    #     recomputed at every (re)start (deterministic), never checkpointed.
+    theta_hat, guide_log, layers = {}, {}, None
+    if distill:
+      layers, _ = guide.guided_layers(teacher.model, model_cfg, cfg.guide)
+      guided_abstract = jax.eval_shape(
+          lambda p: guide.project(p, teacher.model, model_cfg, cfg.guide)[0], teacher.params)
+      theta_hat_shardings = _like(guided_abstract, param_shardings)
+      guided, diagnostics = jax.jit(
+          lambda p: guide.project(p, teacher.model, model_cfg, cfg.guide),
+          out_shardings=(theta_hat_shardings, None))(teacher.params)
+      theta_hat = guide.selected(guided, cfg.guide.init)
+      guide_log = {'guide/explained_variance': float(diagnostics['explained_variance'])}
+
+    # 6. Restore the latest checkpoint, or start fresh (from GUIDE when asked).
     ckpt = checkpointing.Checkpointer(workdir / 'checkpoints', cfg.train.keep_checkpoints,
                                       cfg.train.async_checkpoints)
     meta = {'config': json.loads(cfg.to_json()), 'model': json.loads(model_cfg.to_json()),
-            'vocab_path': data.vocab_path, 'vocab_size': data.vocab_size}
+            'vocab_path': data.vocab_path, 'vocab_size': data.vocab_size,
+            'teacher': str(teacher.workdir) if teacher else ''}
     latest = ckpt.latest_step()
     if latest is not None:
       _check_same_model(ckpt.restore_meta(latest), meta, ckpt.directory / str(latest))
       abstract_state = jax.tree.map(
           lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s),
           jax.eval_shape(_init_state, jax.random.key(0)), shardings)
-      state, data_state, _ = ckpt.restore(latest, abstract_state)
+      state, data_state = ckpt.restore(latest, abstract_state)
       data.train.set_state(data_state)
     else:
       state = init_state(jax.random.key(cfg.train.seed))
+      if theta_hat:
+        state['params'] = jax.jit(lambda p, g: guide.apply(p, g, layers),
+                                  out_shardings=param_shardings)(state['params'], theta_hat)
     start_step = int(jax.device_get(state['step']))
 
-    # 7. Compile: explicit shardings, the state donated so params update in place.
-    objective = lm_objective(model_cfg, cfg.train.z_loss)
+    # 7. Compile: explicit shardings, the state donated so params update in place; the
+    #    teacher and theta_hat are inputs, never outputs (no gradient, no optimizer state).
     batch_shardings = {k: sharding.batch_sharding(mesh, rules) for k in
                        ('inputs', 'targets', 'segment_ids', 'positions', 'loss_weights')}
+    if distill:
+      loss = losses.DistillLoss(cfg.loss, cfg.train.steps, cfg.train.z_loss)
+      objective = distill_objective(model_cfg, teacher.model, loss, layers)
+      extra, extra_shardings = (teacher.params, theta_hat), (teacher.shardings,
+                                                             _like(theta_hat, param_shardings))
+    else:
+      objective = lm_objective(model_cfg, cfg.train.z_loss)
+      extra, extra_shardings = (), ()
     train_step = jax.jit(
         steps.make_train_step(objective, tx, cfg.train.grad_accum, schedule),
-        in_shardings=(shardings, batch_shardings), out_shardings=(shardings, None),
-        donate_argnums=(0,))
+        in_shardings=(shardings, batch_shardings, *extra_shardings),
+        out_shardings=(shardings, None), donate_argnums=(0,))
     eval_step = jax.jit(steps.make_eval_step(objective),
-                        in_shardings=(param_shardings, batch_shardings))
+                        in_shardings=(param_shardings, batch_shardings, *extra_shardings))
 
     # 8. Train.
     writer = metrics_lib.MetricsWriter(workdir, cfg.train.steps, start_step,
                                        cfg.train.progress_bar)
     tokens_per_step = cfg.data.global_batch_size * cfg.data.seq_len
     peak, peak_source = flops.device_peak_flops(model_cfg.dtype, cfg.train.peak_flops)
-    flops_per_step = flops.train_flops_per_token(model_cfg, cfg.data.seq_len) * tokens_per_step
+    student_flops = flops.train_flops_per_token(model_cfg, cfg.data.seq_len) * tokens_per_step
+    teacher_flops = (flops.forward_flops_per_token(teacher.model, cfg.data.seq_len)
+                     * tokens_per_step if distill and loss.uses_kd else 0.0)
     if start_step == 0:
       writer.print(param_table(state['params']))
     writer.print(f'mesh {dict(mesh.shape)}; peak {peak / 1e9:.1f} GFLOP/s per device '
                  f'({peak_source}); starting at step {start_step}')
     if jax.process_index() == 0:
       (workdir / 'config.json').write_text(cfg.to_json(indent=2))
+    if distill:
+      guide_log.update(_teacher_evals(cfg, teacher, diagnostics['projection'], data, mesh,
+                                      rules))
+      writer.write(start_step, guide_log)
+      writer.print('  '.join(f'{k} {v:.4f}' for k, v in guide_log.items()))
 
     last_eval: dict[str, float] = {}
     pending: list[dict] = []
@@ -200,15 +274,15 @@ def train(config: ml_collections.ConfigDict, workdir: str | pathlib.Path, *,
     with _StopSignal() as stop:
       while step < cfg.train.steps:
         batch = sharding.global_batch_from_local(next(data.train), mesh, rules)
-        state, step_metrics = train_step(state, batch)
+        state, step_metrics = train_step(state, batch, *extra)
         pending.append(step_metrics)
         step += 1
         window_steps += 1
         writer.advance()
         if step == start_step + 1:  # the first step compiles: keep it out of step times
           jax.block_until_ready(state)
-          compile_s = time.perf_counter() - window_start
-          writer.print(f'first step (compile + run) took {compile_s:.1f}s')
+          writer.print(f'first step (compile + run) took '
+                       f'{time.perf_counter() - window_start:.1f}s')
           window_start, window_steps = time.perf_counter(), 0
 
         if step % cfg.train.log_every == 0 or step == cfg.train.steps:
@@ -221,15 +295,19 @@ def train(config: ml_collections.ConfigDict, workdir: str | pathlib.Path, *,
                     'train/learning_rate': float(last['learning_rate'])}
           if window_steps:  # none when the only step since the last log was the compile
             step_time = (time.perf_counter() - window_start) / window_steps
+            per_device = peak * jax.device_count() * step_time
             record.update({
                 metrics_lib.STEP_TIME: step_time,
                 metrics_lib.TOKENS_PER_SEC: tokens_per_step / step_time,
-                metrics_lib.MFU: flops_per_step / step_time / (peak * jax.device_count())})
+                metrics_lib.MFU: (student_flops + teacher_flops) / per_device,
+                'perf/mfu_student': student_flops / per_device,
+                'perf/mfu_teacher': teacher_flops / per_device})
           writer.write(step, record)
           pending, window_start, window_steps = [], time.perf_counter(), 0
 
         if step % cfg.train.eval_every == 0 or step == cfg.train.steps:
-          last_eval = evaluate(eval_step, state['params'], data.eval_batches, mesh, rules)
+          last_eval = evaluate(eval_step, state['params'], data.eval_batches, mesh, rules,
+                               extra)
           writer.write(step, {metrics_lib.TOKENS: step * tokens_per_step, **last_eval})
           window_start = time.perf_counter()  # eval time is not train step time
 
@@ -245,8 +323,28 @@ def train(config: ml_collections.ConfigDict, workdir: str | pathlib.Path, *,
     writer.print(f'{"preempted" if interrupted else "finished"} at step {step}; checkpoint '
                  f'in {ckpt.directory}')
     writer.close()
-    return {'step': step, 'interrupted': interrupted, **last_eval,
-            'params': state['params'] if not interrupted else None}
+    return {'step': step, 'interrupted': interrupted, **guide_log, **last_eval,
+            'params': state['params'], 'teacher_params': teacher.params if teacher else None}
+
+
+def _teacher_evals(cfg, teacher, m, data, mesh, rules) -> dict[str, float]:
+  """Eval loss of the teacher, and (guide.approx_teacher_eval) of the teacher with E_T and
+  P_T replaced by their PCA reconstructions E M M^T: what the compression alone costs."""
+  teacher_eval = jax.jit(steps.make_eval_step(lm_objective(teacher.model, 0.0)),
+                         in_shardings=(teacher.shardings, None))
+  out = {'teacher/eval_loss': evaluate(teacher_eval, teacher.params, data.eval_batches, mesh,
+                                       rules)[metrics_lib.EVAL_LOSS]}
+  if cfg.guide.approx_teacher_eval:
+    def reconstruct(p):
+      p = dict(p)
+      for key in ('embedding', 'pos_embedding'):
+        if key in p:
+          p[key] = (p[key].astype(jnp.float32) @ m @ m.T).astype(p[key].dtype)
+      return p
+    approx = jax.jit(reconstruct, out_shardings=teacher.shardings)(teacher.params)
+    out['teacher/approx_eval_loss'] = evaluate(teacher_eval, approx, data.eval_batches, mesh,
+                                               rules)[metrics_lib.EVAL_LOSS]
+  return out
 
 
 def _check_same_model(saved: dict, current: dict, where: pathlib.Path) -> None:
