@@ -164,8 +164,8 @@ def validate(c: ml_collections.ConfigDict, num_devices: int, num_processes: int 
            f'{num_processes} processes')
   _require(t.steps > 0, f'train.steps={t.steps} must be positive')
   _require(t.learning_rate > 0, f'train.learning_rate={t.learning_rate} must be positive')
-  _require(0 <= t.warmup_steps <= t.steps,
-           f'train.warmup_steps={t.warmup_steps} must be in [0, train.steps={t.steps}]')
+  _require(0 <= t.warmup_steps < t.steps,
+           f'train.warmup_steps={t.warmup_steps} must be in [0, train.steps={t.steps})')
   _require(0 <= t.min_lr_ratio <= 1, f'train.min_lr_ratio={t.min_lr_ratio} must be in [0, 1]')
   for name in ('log_every', 'eval_every', 'checkpoint_every', 'keep_checkpoints'):
     _require(t[name] > 0, f'train.{name}={t[name]} must be positive')

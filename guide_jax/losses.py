@@ -37,8 +37,9 @@ def kd_per_token(student_logits: jax.Array, teacher_logits: jax.Array, temperatu
   forward_kl: KL(p_T || p_S); reverse_kl: KL(p_S || p_T); jsd: generalized JSD with
   mixture m = beta p_T + (1 - beta) p_S: beta KL(p_T || m) + (1 - beta) KL(p_S || m).
   """
-  log_s = jax.nn.log_softmax(student_logits.astype(jnp.float32) / temperature, axis=-1)
-  log_t = jax.nn.log_softmax(teacher_logits.astype(jnp.float32) / temperature, axis=-1)
+  dtype = jnp.promote_types(student_logits.dtype, jnp.float32)  # at least float32
+  log_s = jax.nn.log_softmax(student_logits.astype(dtype) / temperature, axis=-1)
+  log_t = jax.nn.log_softmax(teacher_logits.astype(dtype) / temperature, axis=-1)
   kl = lambda log_p, log_q: jnp.sum(jnp.exp(log_p) * (log_p - log_q), axis=-1)
   if kind == 'forward_kl':
     div = kl(log_t, log_s)
