@@ -16,7 +16,7 @@ $(VENV)/.installed: setup.cfg pyproject.toml
 install: $(VENV)/.installed
 
 demo: $(VENV)/.installed
-	$(PY) -m guide_jax.main --config=experiments/demo.py --workdir=$(WORKDIR)
+	$(PY) -m guide_jax.demo --config=experiments/demo.py --workdir=$(WORKDIR)
 
 test: $(VENV)/.installed
 	$(PY) -m pytest -q

@@ -1,0 +1,39 @@
+"""The paper-size configs validate and build abstractly (running them is for a TPU)."""
+
+import jax
+import pytest
+
+from guide_jax import config as config_lib
+from guide_jax import guide
+from guide_jax.models import transformer
+
+from conftest import REPO
+
+import importlib.util
+import os
+
+
+def _module(name):
+  spec = importlib.util.spec_from_file_location(name, os.path.join(REPO, 'experiments', f'{name}.py'))
+  m = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(m)
+  return m
+
+
+@pytest.mark.parametrize('name,low,high', [('guide_400m', 0.33e9, 0.45e9),
+                                           ('guide_1b', 0.9e9, 1.15e9)])
+def test_paper_config_validates_and_builds(name, low, high):
+  module = _module(name)
+  student, teacher = module.get_config(), module.teacher_config()
+  config_lib.validate(student, num_devices=256)
+  config_lib.validate(teacher, num_devices=256)
+  guide.check_compatible(teacher.model, student.model, student.guide)
+  s_params = jax.eval_shape(lambda: transformer.init_params(student.model, jax.random.key(0)))
+  t_params = jax.eval_shape(lambda: transformer.init_params(teacher.model, jax.random.key(0)))
+  n_student, n_teacher = transformer.count_params(s_params), transformer.count_params(t_params)
+  assert low < n_student < high
+  assert n_teacher > 3 * n_student
+  guided, diag = jax.eval_shape(lambda p: guide.project(p, teacher.model, student.model,
+                                                        student.guide), t_params)
+  assert guided['embedding'].shape == s_params['embedding'].shape
+  assert diag['projection'].shape == (teacher.model.d_model, student.model.d_model)
