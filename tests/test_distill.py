@@ -178,3 +178,18 @@ def test_cli_startup_checks_exit_2(tmp_path, flag, message):
                 '--config.teacher.pretrain.train.progress_bar=False')
   assert out.returncode == 2, out.stderr[-2000:]
   assert message in out.stderr.strip().splitlines()[-1]
+
+
+def test_demo_runner_writes_the_summary(distill_config, tmp_path):
+  from guide_jax import demo
+  distill_config.train.steps = 3
+  distill_config.loss.match.value = 0.0
+  summary = demo.run(distill_config, tmp_path)
+  saved = json.loads((tmp_path / 'demo_summary.json').read_text())
+  for key in ('teacher_eval_loss', 'baseline_eval_loss', 'guide_kd_eval_loss', 'gap_closure',
+              'explained_variance'):
+    assert saved[key] == pytest.approx(summary[key])
+  want = (saved['baseline_eval_loss'] - saved['guide_kd_eval_loss']) / (
+      saved['baseline_eval_loss'] - saved['teacher_eval_loss'])
+  assert saved['gap_closure'] == pytest.approx(want, rel=1e-6)
+  assert 'gap closure' in demo.table(summary)
