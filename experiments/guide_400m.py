@@ -6,16 +6,11 @@
 Same family, data and mesh as guide_1b.py (see there); for a TPU pod slice.
 """
 
-import importlib.util
-import os
+from guide_jax import config as config_lib
 
 
 def _guide_1b():
-  spec = importlib.util.spec_from_file_location(
-      'guide_1b', os.path.join(os.path.dirname(os.path.abspath(__file__)), 'guide_1b.py'))
-  module = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(module)
-  return module
+  return config_lib.load_experiment_module('guide_1b')
 
 
 def get_config():

@@ -6,19 +6,12 @@ Trains the lm_tiny teacher into WORKDIR/teacher first (once), then a half-width 
 initialised by GUIDE and trained with CE + KD. About 1 minute on 2 CPU cores.
 """
 
-import importlib.util
-import os
-
 from guide_jax import config as config_lib
 from guide_jax import losses
 
 
 def _experiment(name):
-  spec = importlib.util.spec_from_file_location(
-      name, os.path.join(os.path.dirname(os.path.abspath(__file__)), f'{name}.py'))
-  module = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(module)
-  return module.get_config()
+  return config_lib.load_experiment_module(name).get_config()
 
 
 def get_config():

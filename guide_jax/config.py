@@ -195,3 +195,14 @@ def guide_config() -> ml_collections.ConfigDict:
   g.unembed = False              # untied student: W_U,S from the teacher's output layer
   g.approx_teacher_eval = True   # log the eval loss of the teacher with E_T -> E_T M M^T
   return g
+
+
+def load_experiment_module(name: str):
+  """The module experiments/NAME.py (for configs built on a sibling config, and tests)."""
+  import importlib.util
+  import pathlib
+  path = pathlib.Path(__file__).resolve().parent.parent / 'experiments' / f'{name}.py'
+  spec = importlib.util.spec_from_file_location(f'experiments.{name}', path)
+  module = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(module)
+  return module

@@ -18,11 +18,8 @@ sys.path.insert(0, REPO)
 
 
 def load_experiment(name: str):
-  import importlib.util
-  spec = importlib.util.spec_from_file_location(name, os.path.join(REPO, 'experiments', f'{name}.py'))
-  module = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(module)
-  return module.get_config()
+  from guide_jax import config as config_lib
+  return config_lib.load_experiment_module(name).get_config()
 
 
 @pytest.fixture

@@ -7,17 +7,7 @@ from guide_jax import config as config_lib
 from guide_jax import guide
 from guide_jax.models import transformer
 
-from conftest import REPO
-
-import importlib.util
-import os
-
-
-def _module(name):
-  spec = importlib.util.spec_from_file_location(name, os.path.join(REPO, 'experiments', f'{name}.py'))
-  m = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(m)
-  return m
+_module = config_lib.load_experiment_module
 
 
 @pytest.mark.parametrize('name,low,high', [('guide_400m', 0.33e9, 0.45e9),
