@@ -55,6 +55,8 @@ def base_config() -> ml_collections.ConfigDict:
   c.data.cache_dir = ''            # tokenizer/token cache; '' = $GUIDE_JAX_CACHE or ~/.cache/guide_jax
   c.data.embedded_root = ''        # corpus root; '' = this interpreter's standard library
   c.data.validation_percent = 2    # files whose path hash falls below this go to validation
+  c.data.test_percent = 0          # the next this-many percent: a held-out test split
+  c.data.eval_split = 'validation' # what evaluation reads: 'validation' or 'test'
   c.data.tokenizer = ''            # an existing SentencePiece .model; '' = train one (embedded)
   c.data.seqio_task = ''           # seqio Task/Mixture name for backend='seqio'
   c.data.seqio_train_split = 'train'
@@ -145,6 +147,13 @@ def validate(c: ml_collections.ConfigDict, num_devices: int, num_processes: int 
   _require(d.global_batch_size > 0, f'data.global_batch_size={d.global_batch_size} must be positive')
   _require(0 < d.validation_percent < 100,
            f'data.validation_percent={d.validation_percent} must be in (0, 100)')
+  _require(0 <= d.test_percent < 100 - d.validation_percent,
+           f'data.test_percent={d.test_percent} must be in [0, {100 - d.validation_percent})')
+  _require(d.eval_split in ('validation', 'test'),
+           f"data.eval_split={d.eval_split!r} must be 'validation' or 'test'")
+  _require(d.eval_split != 'test' or d.test_percent > 0 or d.backend != 'embedded',
+           "data.eval_split='test' needs data.test_percent > 0 (the embedded corpus has no "
+           "test split otherwise)")
   _require(d.eval_batches > 0, f'data.eval_batches={d.eval_batches} must be positive')
   try:
     mesh_shape = sharding.resolve_mesh_shape(c.mesh, num_devices)

@@ -80,6 +80,28 @@ def test_embedded_corpus_split_and_fingerprint(tmp_path):
   assert embedded.EmbeddedCorpus(str(tmp_path), 20).fingerprint != corpus.fingerprint
 
 
+def test_held_out_test_split(tmp_path):
+  for i in range(60):
+    (tmp_path / f'm{i}.py').write_text(f'x = {i}\n')
+  two_way = embedded.EmbeddedCorpus(str(tmp_path), validation_percent=20)
+  three_way = embedded.EmbeddedCorpus(str(tmp_path), validation_percent=20, test_percent=20)
+  train, valid, test = (set(three_way.split_files(s)) for s in ('train', 'validation', 'test'))
+  assert test and not (train & test) and not (valid & test)
+  assert train | valid | test == set(three_way.files)
+  assert valid == set(two_way.split_files('validation'))  # validation does not move
+  assert train == set(two_way.split_files('train')) - test
+  assert three_way.fingerprint != two_way.fingerprint   # its own tokenizer/token cache
+  assert not two_way.split_files('test')
+
+
+def test_eval_split_test_reads_the_test_files(tiny_config):
+  tiny_config.data.test_percent = 20
+  valid = pipeline.build(tiny_config).eval_batches
+  tiny_config.data.eval_split = 'test'
+  test = pipeline.build(tiny_config).eval_batches
+  assert not np.array_equal(valid[0]['inputs'], test[0]['inputs'])
+
+
 def test_empty_corpus_is_a_clear_error(tmp_path):
   with pytest.raises(ValueError, match='data.embedded_root.*empty corpus'):
     embedded.EmbeddedCorpus(str(tmp_path))

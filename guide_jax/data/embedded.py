@@ -2,8 +2,9 @@
 
 Every machine that runs Python has it, so the demo and the tests need no download. Files
 are listed in sorted order (directories named test/tests/site-packages/__pycache__
-excluded) and split into train and validation by a hash of the relative path, so the
-split is stable across machines and does not depend on the file list's length.
+excluded) and split into train, validation and (optionally) test by a hash of the
+relative path, so the split is stable across machines and does not depend on the file
+list's length. The test split is held out for studies that tune on validation.
 
 Tokenizing is done once per (corpus fingerprint, tokenizer) and cached as .npy token
 streams plus document offsets.
@@ -27,9 +28,11 @@ def corpus_root(root: str = '') -> pathlib.Path:
   return pathlib.Path(root or sysconfig.get_paths()['stdlib'])
 
 
-def split_of(relative_path: str, validation_percent: int) -> str:
+def split_of(relative_path: str, validation_percent: int, test_percent: int = 0) -> str:
   bucket = int(hashlib.sha256(relative_path.encode()).hexdigest(), 16) % 100
-  return 'validation' if bucket < validation_percent else 'train'
+  if bucket < validation_percent:
+    return 'validation'
+  return 'test' if bucket < validation_percent + test_percent else 'train'
 
 
 def list_files(root: pathlib.Path) -> list[str]:
@@ -47,22 +50,24 @@ def list_files(root: pathlib.Path) -> list[str]:
 class EmbeddedCorpus:
   """Texts of one split of the corpus, with a fingerprint of the whole corpus."""
 
-  def __init__(self, root: str = '', validation_percent: int = 2):
+  def __init__(self, root: str = '', validation_percent: int = 2, test_percent: int = 0):
     self.root = corpus_root(root)
-    self.validation_percent = validation_percent
+    self.validation_percent, self.test_percent = validation_percent, test_percent
     self.files = list_files(self.root)
     if not self.files:
       raise ValueError(f'data.embedded_root={str(self.root)!r} holds no .py files (empty '
                        f'corpus); point it at a directory of Python sources or leave it empty')
-    self._split = {f: split_of(f, validation_percent) for f in self.files}
-    digest = hashlib.sha256(f'v1:{validation_percent}'.encode())
+    self._split = {f: split_of(f, validation_percent, test_percent) for f in self.files}
+    # test_percent=0 keeps the key (and the cached tokenizer) of the two-way split.
+    digest = hashlib.sha256((f'v1:{validation_percent}' +
+                             (f':{test_percent}' if test_percent else '')).encode())
     for f in self.files:
       digest.update(f.encode() + b'\0' + str(os.path.getsize(self.root / f)).encode() + b'\0')
     self.fingerprint = digest.hexdigest()[:16]
-    for split in ('train', 'validation'):
+    for split in ('train', 'validation') + (('test',) if test_percent else ()):
       if not self.split_files(split):
         raise ValueError(f'data.embedded_root={str(self.root)!r}: the {split} split is '
-                         f'empty; add files or change data.validation_percent')
+                         f'empty; add files or change data.{split}_percent')
 
   def split_files(self, split: str) -> list[str]:
     return [f for f in self.files if self._split[f] == split]

@@ -135,12 +135,12 @@ def build(config: ml_collections.ConfigDict) -> Data:
     valid = SyntheticSource(vocab_size, d.seq_len, d.seed + 1_000_003)
     vocab_path = ''
   else:
-    corpus = embedded.EmbeddedCorpus(d.embedded_root, d.validation_percent)
+    corpus = embedded.EmbeddedCorpus(d.embedded_root, d.validation_percent, d.test_percent)
     cache = tokenizer_lib.default_cache_dir(d.cache_dir)
     vocab = load_vocabulary(config, corpus, cache)
     train = TokenStreamSource(*embedded.tokenized_split(corpus, vocab, 'train', cache),
                               d.seq_len, d.seed, shuffle=True)
-    valid = TokenStreamSource(*embedded.tokenized_split(corpus, vocab, 'validation', cache),
+    valid = TokenStreamSource(*embedded.tokenized_split(corpus, vocab, d.eval_split, cache),
                               d.seq_len, d.seed, shuffle=False)
     vocab_path, vocab_size = vocab.path, vocab.size
   return Data(train=BatchIterator(train, d.global_batch_size),

@@ -317,6 +317,9 @@ def train(config: ml_collections.ConfigDict, workdir: str | pathlib.Path, *,
           interrupted = True
           break
 
+    if not last_eval and not interrupted:  # resumed a finished run: still report its eval
+      last_eval = evaluate(eval_step, state['params'], data.eval_batches, mesh, rules, extra)
+
     # 9. Final checkpoint: at the end, and when preempted between intervals.
     ckpt.save(step, state, data.train.get_state(), meta)
     ckpt.close()

@@ -1,0 +1,131 @@
+"""Run a sweep locally, one run after another, skipping runs that already finished.
+
+  python -m guide_jax.study --config=experiments/study_cpu.py --sweep=main \
+      --study_dir=workdirs/cpu_study/main --teacher_dir=workdirs/cpu_study/teacher
+
+The config's teacher (`teacher.pretrain`) is trained once into --teacher_dir (default
+STUDY_DIR/teacher), and every run distils from that same teacher. Each run trains in
+STUDY_DIR/<run name> and writes final.json when it is done; rerunning the command skips
+those and resumes an interrupted run from its checkpoint, so the sweep survives being
+killed. --runs=REGEX selects runs by name; --list prints each run as a
+`python -m guide_jax.main` command (the launchers in launch/ use the same list).
+Config fields can be overridden for every run: --config.train.steps=2.
+
+Then: python -m guide_jax.report --study_dir=STUDY_DIR
+"""
+
+from __future__ import annotations
+
+import json
+import pathlib
+import re
+import sys
+import time
+
+from absl import app, flags, logging
+from ml_collections import config_flags
+
+FLAGS = flags.FLAGS
+FINAL = 'final.json'   # written last in each run's workdir: the run is done
+
+
+def plan(config, config_path: str, sweep_name: str, study_dir: pathlib.Path,
+         teacher_dir: pathlib.Path | None = None, only: str = ''):
+  """(teacher pretraining config or None, teacher dir, the selected runs)."""
+  from guide_jax import sweep
+  entries = sweep.entries(sweep.load_module(config_path.split(':')[0]), sweep_name)
+  teacher_dir = teacher_dir or study_dir / 'teacher'
+  pretrain = config.teacher.pretrain if config.teacher.pretrain else None
+  if pretrain is not None:  # every run reads the one shared teacher
+    config = config.copy_and_resolve_references()
+    config.teacher.pretrain = type(config.teacher.pretrain)()
+    config.teacher.checkpoint = str(teacher_dir)
+  runs = sweep.runs(config, entries, study_dir)
+  if only:
+    runs = [r for r in runs if re.search(only, r.name)]
+  return pretrain, teacher_dir, runs
+
+
+def run_all(config, config_path: str, sweep_name: str, study_dir: pathlib.Path,
+            teacher_dir: pathlib.Path | None = None, only: str = '',
+            log=print) -> list[dict]:
+  """Train the teacher (once) and every unfinished run; the finals of all selected runs."""
+  from guide_jax.train import trainer
+  pretrain, teacher_dir, runs = plan(config, config_path, sweep_name, study_dir,
+                                     teacher_dir, only)
+  study_dir.mkdir(parents=True, exist_ok=True)
+  (study_dir / 'study.json').write_text(json.dumps({
+      'config': str(config_path), 'sweep': sweep_name, 'teacher_dir': str(teacher_dir),
+      'runs': {r.name: r.overrides for r in runs}}, indent=2, default=str))
+  if pretrain is not None and not (teacher_dir / FINAL).exists():
+    log(f'teacher -> {teacher_dir}')
+    _finish(trainer.train(pretrain, teacher_dir), pretrain, teacher_dir, 'teacher', {})
+  finals = []
+  for i, run in enumerate(runs):
+    final_path = run.workdir / FINAL
+    if final_path.exists():
+      log(f'[{i + 1}/{len(runs)}] {run.name}: finished before, skipped')
+    else:
+      log(f'[{i + 1}/{len(runs)}] {run.name} -> {run.workdir}')
+      start = time.perf_counter()
+      result = trainer.train(run.config, run.workdir)
+      if result['interrupted']:
+        log(f'{run.name} was interrupted; rerun the same command to resume it')
+        break
+      _finish(result, run.config, run.workdir, run.name, run.overrides,
+              time.perf_counter() - start)
+    finals.append(json.loads(final_path.read_text()))
+  return finals
+
+
+def _finish(result: dict, config, workdir: pathlib.Path, name: str, overrides: dict,
+            seconds: float | None = None) -> None:
+  final = {k: v for k, v in result.items() if isinstance(v, (int, float, str))}
+  final.update(name=name, overrides=overrides, wall_s=seconds, eval_split=config.data.eval_split,
+               tokens=config.train.steps * config.data.global_batch_size * config.data.seq_len)
+  tmp = workdir / f'{FINAL}.tmp'
+  tmp.write_text(json.dumps(final, indent=2, default=str))
+  tmp.replace(workdir / FINAL)
+
+
+def define_flags() -> None:
+  """Command-line flags (defined only when run as a program, so importing is free)."""
+  config_flags.DEFINE_config_file('config', None, 'Experiment file with get_sweep.')
+  flags.DEFINE_string('sweep', 'main', 'Name passed to get_sweep(name).')
+  flags.DEFINE_string('study_dir', None, 'Root of the runs.')
+  flags.DEFINE_string('teacher_dir', '', 'Shared teacher; default STUDY_DIR/teacher.')
+  flags.DEFINE_string('runs', '', 'Only runs whose name matches this regex.')
+  flags.DEFINE_bool('list', False, 'Print the runs as commands; train nothing.')
+  flags.mark_flags_as_required(['config', 'study_dir'])
+
+
+def main(argv):
+  del argv
+  if not FLAGS['verbosity'].present:
+    logging.set_verbosity(logging.WARNING)
+  from guide_jax import config as config_lib
+  from guide_jax.train import checkpointing
+  study_dir = pathlib.Path(FLAGS.study_dir)
+  teacher_dir = pathlib.Path(FLAGS.teacher_dir) if FLAGS.teacher_dir else None
+  config_path = config_flags.get_config_filename(FLAGS['config'])
+  try:
+    if FLAGS.list:
+      _, teacher_dir, runs = plan(FLAGS.config, config_path, FLAGS.sweep, study_dir,
+                                  teacher_dir, FLAGS.runs)
+      for run in runs:
+        print(' '.join(['python -m guide_jax.main', f'--config={config_path}',
+                        f'--config.teacher.checkpoint={teacher_dir}', *run.flags()]))
+      return
+    finals = run_all(FLAGS.config, config_path, FLAGS.sweep, study_dir, teacher_dir,
+                     FLAGS.runs)
+  except (config_lib.ConfigError, checkpointing.CheckpointError, KeyError, ValueError,
+          FileNotFoundError) as e:
+    print(f'error: {e}', file=sys.stderr)
+    sys.exit(2)
+  print(f'{len(finals)} runs finished; report: python -m guide_jax.report '
+        f'--study_dir={study_dir}')
+
+
+if __name__ == '__main__':
+  define_flags()
+  app.run(main)

@@ -1,0 +1,138 @@
+"""The sweep data structure, the local study runner and the report."""
+
+import json
+import math
+
+import pytest
+
+from guide_jax import report, study, sweep
+from conftest import REPO
+
+STUDY_FILE = f'{REPO}/experiments/study_cpu.py'
+
+
+def test_sweep_overrides_and_flags(tiny_config, tmp_path):
+  entries = [{'name': 'a/seed0', 'train.seed': 3, 'guide.center': True},
+             {'name': 'b/seed0', 'model.d_model': 32}]
+  runs = sweep.runs(tiny_config, entries, tmp_path)
+  assert [r.name for r in runs] == ['a/seed0', 'b/seed0']
+  assert runs[0].config.train.seed == 3 and runs[0].config.guide.center is True
+  assert runs[1].config.model.d_model == 32 and tiny_config.model.d_model == 64  # copied
+  assert runs[0].workdir == tmp_path / 'a' / 'seed0'
+  assert runs[0].flags() == ['--config.train.seed=3', '--config.guide.center=True',
+                             f'--workdir={tmp_path}/a/seed0']
+  with pytest.raises(KeyError, match='train.sead'):
+    sweep.runs(tiny_config, [{'name': 'x', 'train.sead': 1}], tmp_path)
+  with pytest.raises(ValueError, match='twice'):
+    sweep.runs(tiny_config, [{'name': 'x'}, {'name': 'x'}], tmp_path)
+
+
+def test_study_cpu_sweeps_are_well_formed():
+  module = sweep.load_module(STUDY_FILE)
+  main = sweep.runs(module.get_config(), module.get_sweep('main'), '/tmp/x')
+  arms = {r.name.split('/')[0] for r in main}
+  assert arms == {'baseline', 'kd', 'guide', 'guide_match', 'guide_kd', 'guide_match_kd'}
+  assert len(main) == 18
+  by_name = {r.name: r.config for r in main}
+  assert by_name['baseline/seed0'].guide.init == 'none'
+  assert by_name['baseline/seed0'].loss.kd.value == 0.0
+  assert by_name['kd/seed1'].loss.kd.value == 1.0 and by_name['kd/seed1'].guide.init == 'none'
+  assert by_name['guide_match_kd/seed2'].loss.match.kind == 'linear'
+  assert by_name['guide/seed2'].data.seed == 2 and by_name['guide/seed2'].train.seed == 102
+  assert all(c.data.eval_split == 'test' for c in by_name.values())
+  ablation = sweep.runs(module.get_config(), module.get_sweep('ablation'), '/tmp/x')
+  assert all(r.config.data.eval_split == 'validation' for r in ablation)
+  with pytest.raises(ValueError, match='unknown sweep'):
+    module.get_sweep('nope')
+
+
+def _fake_run(root, name, losses, teacher=2.0, split='test'):
+  """A finished run: metrics.jsonl with an eval curve and final.json."""
+  workdir = root / name
+  workdir.mkdir(parents=True)
+  with open(workdir / 'metrics.jsonl', 'w') as f:
+    f.write(json.dumps({'step': 0, 'teacher/eval_loss': teacher}) + '\n')
+    for i, loss in enumerate(losses, 1):
+      f.write(json.dumps({'step': i, 'tokens': 100 * i, 'eval/loss': loss}) + '\n')
+  (workdir / 'final.json').write_text(json.dumps(
+      {'eval/loss': losses[-1], 'tokens': 100 * len(losses), 'eval_split': split}))
+
+
+def test_report_gap_closure_is_paired_by_seed(tmp_path):
+  runs = {'baseline/seed0': [5.0, 4.0], 'baseline/seed1': [5.0, 4.2],
+          'guide/seed0': [4.5, 3.5], 'guide/seed1': [4.6, 3.6],
+          'kd/seed0': [4.8, 3.8], 'kd/seed1': [4.9, 4.0]}
+  for name, losses in runs.items():
+    _fake_run(tmp_path, name, losses)
+  (tmp_path / 'study.json').write_text(json.dumps(
+      {'config': 'x.py', 'sweep': 'main', 'runs': {**{n: {} for n in runs}, 'kd/seed2': {}}}))
+  summary = report.write(tmp_path)
+  guide = summary['arms']['guide']
+  closures = [(4.0 - 3.5) / (4.0 - 2.0), (4.2 - 3.6) / (4.2 - 2.0)]
+  assert guide['gap_closure_mean'] == pytest.approx(sum(closures) / 2, abs=1e-12)
+  assert guide['gap_closure_std'] == pytest.approx(
+      math.sqrt(sum((c - sum(closures) / 2) ** 2 for c in closures)), abs=1e-12)
+  assert guide['eval_loss_mean'] == pytest.approx(3.55, abs=1e-12)
+  assert guide['seeds'] == 2 and guide['tokens'] == 200
+  assert summary['arms']['baseline']['gap_closure_mean'] == pytest.approx(0.0, abs=1e-12)
+  assert summary['teacher_eval_loss'] == 2.0
+  text = (tmp_path / 'report.md').read_text()
+  assert 'GUIDE alone beats KD alone' in text and 'kd/seed2' in text  # unfinished is named
+  assert (tmp_path / 'loss_curves.png').stat().st_size > 1000
+  assert (tmp_path / 'gap_closure.png').stat().st_size > 1000
+  assert json.loads((tmp_path / 'summary.json').read_text()) == summary
+
+
+def test_report_without_runs_is_an_error(tmp_path):
+  with pytest.raises(report.ReportError, match='study.json'):
+    report.write(tmp_path)
+
+
+def _miniature(tiny_config):
+  """study_cpu.py shrunk to lm_tiny sizes: 2 steps per run, teacher twice as wide."""
+  config = sweep.load_module(STUDY_FILE).get_config()
+  teacher = config.teacher.pretrain
+  for c, width in ((config, 32), (teacher, 64)):
+    c.model = tiny_config.model.copy_and_resolve_references()
+    c.model.d_model = width
+    c.data = tiny_config.data.copy_and_resolve_references()
+    c.data.test_percent = 20
+    c.data.eval_split = 'test'
+    c.data.eval_batches = 1
+    c.train.steps, c.train.warmup_steps, c.train.eval_every = 2, 0, 1
+    c.train.async_checkpoints, c.train.peak_flops = False, 1e11
+  return config
+
+
+def test_miniature_study_runs_resumes_and_reports(tiny_config, tmp_path):
+  config = _miniature(tiny_config)
+  logs = []
+  finals = study.run_all(config, STUDY_FILE, 'main', tmp_path, only='seed0$', log=logs.append)
+  assert [f['name'] for f in finals] == [f'{arm}/seed0' for arm in (
+      'baseline', 'kd', 'guide', 'guide_match', 'guide_kd', 'guide_match_kd')]
+  assert all(math.isfinite(f['eval/loss']) and f['step'] == 2 for f in finals)
+  assert (tmp_path / 'teacher' / 'final.json').exists()
+  # Every arm distilled from the one teacher, and the teacher was trained once.
+  assert sum('teacher ->' in line for line in logs) == 1
+  teacher_losses = {f['teacher/eval_loss'] for f in finals}
+  assert len(teacher_losses) == 1
+
+  # Rerunning skips what finished; a run whose final.json is gone resumes from its
+  # checkpoint (already at the last step) and reports the same eval loss.
+  guide_final = tmp_path / 'guide' / 'seed0' / 'final.json'
+  before = json.loads(guide_final.read_text())
+  guide_final.unlink()
+  logs.clear()
+  study.run_all(config, STUDY_FILE, 'main', tmp_path, only='seed0$', log=logs.append)
+  assert sum('skipped' in line for line in logs) == 5
+  assert json.loads(guide_final.read_text())['eval/loss'] == pytest.approx(
+      before['eval/loss'], abs=1e-6)
+
+  summary = report.write(tmp_path)
+  assert set(summary['arms']) == {'baseline', 'kd', 'guide', 'guide_match', 'guide_kd',
+                                  'guide_match_kd'}
+  for arm in summary['arms'].values():
+    assert arm['seeds'] == 1 and arm['tokens'] == 2 * 8 * 64
+    assert set(arm) >= {'eval_loss_mean', 'eval_loss_std', 'gap_closure_mean',
+                        'gap_closure_std', 'seeds', 'tokens'}
+  assert 'Eval split: test' in (tmp_path / 'report.md').read_text()
