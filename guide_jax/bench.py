@@ -1,0 +1,311 @@
+"""Benchmark the student train step of each GUIDE arm, side by side in one process.
+
+  python -m guide_jax.bench --config=experiments/bench_cpu.py [--steps=10]
+  python -m guide_jax.bench --config=experiments/bench_cpu.py --compile_depths=4,32
+  python -m guide_jax.bench --project=256000,2304,1152     # guide.project, Gemma-2B table
+
+Arms (one compiled train step each, on the config's student, mesh and batch):
+  baseline        random init, CE
+  guide           GUIDE init (projected from the teacher), CE: the same step as baseline
+  guide_match     GUIDE init, CE + MATCH
+  kd              random init, CE + KD (teacher forward in the step)
+  guide_match_kd  GUIDE init, CE + KD + MATCH
+The teacher is the config's teacher model (teacher.pretrain.model, or the model saved with
+teacher.checkpoint) with random weights: timing does not depend on its values. Batches
+are synthetic. After a warm-up step, the arms run interleaved, round by round, so that
+noise from a shared machine hits all of them alike; each arm reports its median step time.
+
+MFU counts matmul FLOPs (attention included, guide_jax.train.flops): the student's
+forward+backward and, for KD arms, the teacher's forward, against a matmul peak measured
+here, in the model's compute dtype. The last line printed is one JSON object with all
+numbers. Imports no TensorFlow (runs on accelerator images without it).
+"""
+
+from __future__ import annotations
+
+import json
+import pathlib
+import statistics
+import sys
+import time
+
+from absl import app, flags, logging
+
+ARMS = {  # arm: (GUIDE init, KD weight, MATCH weight)
+    'baseline': (False, 0.0, 0.0),
+    'guide': (True, 0.0, 0.0),
+    'guide_match': (True, 0.0, 1.0),
+    'kd': (False, 1.0, 0.0),
+    'guide_match_kd': (True, 1.0, 1.0),
+}
+
+
+def teacher_model(cfg):
+  """The teacher's model config: teacher.pretrain.model, else the checkpoint's."""
+  if cfg.teacher.pretrain:
+    return cfg.teacher.pretrain.model
+  if cfg.teacher.checkpoint:
+    import ml_collections
+    from guide_jax.train import checkpointing
+    ckpt = checkpointing.Checkpointer(pathlib.Path(cfg.teacher.checkpoint) / 'checkpoints',
+                                      1, False)
+    step = ckpt.latest_step()
+    if step is None:
+      raise checkpointing.CheckpointError(
+          f'teacher.checkpoint={cfg.teacher.checkpoint!r} holds no checkpoint')
+    return ml_collections.ConfigDict(ckpt.restore_meta(step)['model'])
+  raise ValueError('the config has no teacher (teacher.pretrain or teacher.checkpoint); '
+                   'benchmark a distillation config')
+
+
+def synthetic_batch(cfg) -> dict:
+  import numpy as np
+  b, s, v = cfg.data.global_batch_size, cfg.data.seq_len, cfg.model.vocab_size
+  rng = np.random.default_rng(0)
+  return {'inputs': rng.integers(0, v, (b, s), dtype=np.int32),
+          'targets': rng.integers(0, v, (b, s), dtype=np.int32),
+          'segment_ids': np.ones((b, s), np.int32),
+          'positions': np.broadcast_to(np.arange(s, dtype=np.int32), (b, s)).copy(),
+          'loss_weights': np.ones((b, s), np.float32)}
+
+
+def _memory(compiled) -> dict:
+  """Bytes from XLA's memory analysis of the compiled step (None where not reported)."""
+  try:
+    m = compiled.memory_analysis()
+  except Exception:  # pylint: disable=broad-except
+    m = None
+  if m is None:
+    return {'peak_bytes': None}
+  peak = (m.argument_size_in_bytes + m.output_size_in_bytes + m.temp_size_in_bytes
+          - m.alias_size_in_bytes)
+  return {'peak_bytes': int(peak), 'temp_bytes': int(m.temp_size_in_bytes),
+          'argument_bytes': int(m.argument_size_in_bytes)}
+
+
+def run_arms(cfg, steps: int, arms: list[str], log=print) -> dict:
+  """Compile every arm, warm it up, then time `steps` interleaved rounds."""
+  import jax
+  import jax.numpy as jnp
+  from guide_jax import config as config_lib
+  from guide_jax import guide, losses, sharding
+  from guide_jax.models import transformer
+  from guide_jax.train import flops, optimizer
+  from guide_jax.train import steps as steps_lib
+  from guide_jax.train import trainer
+
+  config_lib.validate(cfg, jax.device_count(), jax.process_count())
+  t_model = teacher_model(cfg)
+  s_model = cfg.model
+  guide.check_compatible(t_model, s_model, cfg.guide)
+  mesh = sharding.make_mesh(cfg.mesh)
+  rules = tuple(cfg.logical_rules)
+  tokens = cfg.data.global_batch_size * cfg.data.seq_len
+  peak = flops.measured_matmul_peak(s_model.dtype)
+  student_flops = flops.train_flops_per_token(s_model, cfg.data.seq_len) * tokens
+  teacher_flops = flops.forward_flops_per_token(t_model, cfg.data.seq_len) * tokens
+  log(f'devices {jax.device_count()} ({jax.devices()[0].device_kind}); matmul peak '
+      f'{peak / 1e9:.1f} GFLOP/s ({s_model.dtype}); student {student_flops / 1e9:.2f} '
+      f'GFLOP/step (train), teacher {teacher_flops / 1e9:.2f} GFLOP/step (forward)')
+
+  with jax.set_mesh(mesh), sharding.use_rules(rules):
+    def shardings_of(model_cfg):
+      return sharding.tree_shardings(transformer.abstract_params(model_cfg),
+                                     transformer.logical_axes(model_cfg), mesh, rules)
+    t_shardings, p_shardings = shardings_of(t_model), shardings_of(s_model)
+    teacher_params = jax.jit(lambda k: transformer.init_params(t_model, k),
+                             out_shardings=t_shardings)(jax.random.key(1))
+    if t_model.dtype == 'bfloat16' or cfg.teacher.dtype == 'bfloat16':
+      teacher_params = jax.tree.map(lambda x: x.astype(jnp.bfloat16), teacher_params)
+    layers, _ = guide.guided_layers(t_model, s_model, cfg.guide)
+    guided = jax.jit(lambda p: guide.project(p, t_model, s_model, cfg.guide)[0])(teacher_params)
+    theta_hat = guide.selected(guided, cfg.guide.init if cfg.guide.init != 'none' else 'blocks')
+    batch = sharding.global_batch_from_local(synthetic_batch(cfg), mesh, rules)
+    tx = optimizer.make(cfg.train)
+    schedule = optimizer.learning_rate_schedule(cfg.train)
+    state_shardings = trainer.state_shardings(p_shardings, tx,
+                                              transformer.abstract_params(s_model), mesh)
+
+    compiled, states, results = {}, {}, {}
+    for arm in arms:
+      use_guide, w_kd, w_match = ARMS[arm]
+      loss_cfg = cfg.loss.copy_and_resolve_references()
+      loss_cfg.kd = losses.weight_config(w_kd)
+      loss_cfg.match = losses.weight_config(w_match)
+      loss = losses.DistillLoss(loss_cfg, cfg.train.steps)
+      objective = trainer.distill_objective(s_model, t_model, loss, layers)
+      step_fn = jax.jit(steps_lib.make_train_step(objective, tx, cfg.train.grad_accum, schedule),
+                        out_shardings=(state_shardings, None), donate_argnums=(0,))
+
+      def init(key, use_guide=use_guide):
+        params = transformer.init_params(s_model, key)
+        if use_guide:
+          params = guide.apply(params, theta_hat, layers)
+        return {'params': params, 'opt_state': tx.init(params),
+                'step': jnp.zeros((), jnp.int32)}
+      states[arm] = jax.jit(init, out_shardings=state_shardings)(jax.random.key(0))
+      start = time.perf_counter()
+      compiled[arm] = step_fn.lower(states[arm], batch, teacher_params, theta_hat).compile()
+      compile_s = time.perf_counter() - start
+      states[arm], _ = compiled[arm](states[arm], batch, teacher_params, theta_hat)  # warm-up
+      jax.block_until_ready(states[arm])
+      results[arm] = {'compile_s': compile_s, **_memory(compiled[arm]), 'times': []}
+      log(f'{arm}: compiled in {compile_s:.1f}s')
+
+    for _ in range(steps):  # interleaved rounds
+      for arm in arms:
+        start = time.perf_counter()
+        states[arm], metrics = compiled[arm](states[arm], batch, teacher_params, theta_hat)
+        jax.block_until_ready((states[arm], metrics))
+        results[arm]['times'].append(time.perf_counter() - start)
+
+  # The matmul was measured on one device. Fake CPU devices share the host's cores, so
+  # there the host's peak is the budget of all of them; real chips each have their own.
+  n_dev = jax.device_count()
+  total_peak = peak * (1 if jax.devices()[0].platform == 'cpu' else n_dev)
+  out = {}
+  for arm in arms:
+    r = results.pop(arm)
+    step_time = statistics.median(r.pop('times'))
+    arm_flops = student_flops + (teacher_flops if ARMS[arm][1] else 0.0)
+    out[arm] = {'step_time_s': step_time, 'tokens_per_sec': tokens / step_time,
+                'mfu': arm_flops / (total_peak * step_time),
+                'mfu_student': student_flops / (total_peak * step_time), **r}
+  return {'device_kind': jax.devices()[0].device_kind, 'devices': n_dev,
+          'dtype': s_model.dtype, 'peak_flops': peak, 'tokens_per_step': tokens,
+          'student_train_flops_per_step': student_flops,
+          'teacher_forward_flops_per_step': teacher_flops,
+          'kd_theory_ratio': 1.0 + teacher_flops / student_flops, 'arms': out}
+
+
+def compile_times(cfg, depths: list[int]) -> dict[int, float]:
+  """Seconds to lower+compile the baseline student train step at each depth (abstract
+  inputs: nothing is allocated)."""
+  import jax
+  import jax.numpy as jnp
+  from guide_jax import sharding
+  from guide_jax.models import transformer
+  from guide_jax.train import optimizer
+  from guide_jax.train import steps as steps_lib
+  from guide_jax.train import trainer
+  mesh = sharding.make_mesh(cfg.mesh)
+  rules = tuple(cfg.logical_rules)
+  out = {}
+  with jax.set_mesh(mesh), sharding.use_rules(rules):
+    for depth in depths:
+      m = cfg.model.copy_and_resolve_references()
+      m.n_layers = depth
+      tx = optimizer.make(cfg.train)
+      abstract = transformer.abstract_params(m)
+      state = jax.eval_shape(lambda p: {'params': p, 'opt_state': tx.init(p),
+                                        'step': jnp.zeros((), jnp.int32)}, abstract)
+      batch = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype),
+                           synthetic_batch(cfg))
+      step = jax.jit(steps_lib.make_train_step(trainer.lm_objective(m, 0.0), tx, 1,
+                                               optimizer.learning_rate_schedule(cfg.train)))
+      start = time.perf_counter()
+      step.lower(state, batch).compile()
+      out[depth] = time.perf_counter() - start
+  return out
+
+
+def _rss(field: str) -> int:
+  """VmRSS / VmHWM of this process in bytes (Linux)."""
+  for line in pathlib.Path('/proc/self/status').read_text().splitlines():
+    if line.startswith(field + ':'):
+      return int(line.split()[1]) * 1024
+  raise OSError(f'/proc/self/status has no {field}')
+
+
+def project_benchmark(vocab: int, d_teacher: int, d_student: int) -> dict:
+  """Time and peak host memory of guide.project for a [vocab, d_teacher] table -> d_student
+  (one teacher block of matching shape, so the embedding dominates). Memory is the peak
+  resident size above what the process held before the teacher was created, in copies of
+  the teacher table."""
+  import jax
+  from guide_jax import config as config_lib
+  from guide_jax import guide
+  from guide_jax.models import transformer
+  t = config_lib.model_config()
+  t.update(vocab_size=vocab, d_model=d_teacher, n_layers=1, n_heads=8, n_kv_heads=4,
+           head_dim=256, mlp_dim=4 * d_teacher, position='rope', max_len=8)
+  s = t.copy_and_resolve_references()
+  s.update(d_model=d_student, n_heads=4, n_kv_heads=2, mlp_dim=4 * d_student)
+  g = config_lib.guide_config()
+  table_bytes = vocab * d_teacher * 4
+  rss_before = _rss('VmRSS')
+  teacher = jax.jit(lambda k: transformer.init_params(t, k))(jax.random.key(0))
+  jax.block_until_ready(teacher)
+  pathlib.Path('/proc/self/clear_refs').write_text('5')  # reset VmHWM to the current RSS
+  project = jax.jit(lambda p: guide.project(p, t, s, g))
+  start = time.perf_counter()
+  guided, diag = project(teacher)
+  jax.block_until_ready(guided)
+  seconds = time.perf_counter() - start
+  peak = _rss('VmHWM')
+  return {'vocab': vocab, 'd_teacher': d_teacher, 'd_student': d_student,
+          'seconds_incl_compile': seconds, 'table_bytes': table_bytes,
+          'peak_bytes_above_start': peak - rss_before,
+          'peak_copies_of_table': (peak - rss_before) / table_bytes,
+          'explained_variance': float(diag['explained_variance'])}
+
+
+def define_flags() -> None:
+  from ml_collections import config_flags
+  config_flags.DEFINE_config_file('config', None, 'A distillation config (student + teacher).')
+  flags.DEFINE_integer('steps', 10, 'Timed interleaved rounds (one step per arm each).')
+  flags.DEFINE_list('arms', list(ARMS), 'Arms to run.')
+  flags.DEFINE_list('compile_depths', [], 'Also compile the baseline step at these depths.')
+  flags.DEFINE_list('project', [], 'vocab,d_teacher,d_student: benchmark guide.project only.')
+
+
+def main(argv):
+  del argv
+  f = flags.FLAGS
+  if not f['verbosity'].present:
+    logging.set_verbosity(logging.WARNING)
+  if f.project:
+    vocab, d_t, d_s = (int(x) for x in f.project)
+    result = {'project': project_benchmark(vocab, d_t, d_s)}
+    p = result['project']
+    print(f'guide.project {vocab}x{d_t} -> {d_s}: {p["seconds_incl_compile"]:.1f}s, peak '
+          f'{p["peak_bytes_above_start"] / 2**30:.2f} GiB = {p["peak_copies_of_table"]:.2f} '
+          f'copies of the {p["table_bytes"] / 2**30:.2f} GiB table')
+    print(json.dumps(result))
+    return
+  if f.config is None:
+    print('error: pass --config=experiments/FILE.py (or --project=V,D_T,D_S)', file=sys.stderr)
+    sys.exit(2)
+  unknown = set(f.arms) - set(ARMS)
+  if unknown:
+    print(f'error: --arms has unknown {sorted(unknown)}; choose from {list(ARMS)}',
+          file=sys.stderr)
+    sys.exit(2)
+  from guide_jax import config as config_lib
+  from guide_jax import guide
+  try:
+    result = run_arms(f.config, f.steps, list(f.arms))
+  except (config_lib.ConfigError, guide.GuideError, ValueError) as e:
+    print(f'error: {e}', file=sys.stderr)
+    sys.exit(2)
+  base = result['arms'].get('baseline')
+  result['ratios'] = ({arm: r['step_time_s'] / base['step_time_s']
+                       for arm, r in result['arms'].items()} if base else {})
+  if f.compile_depths:
+    result['compile_s_by_depth'] = compile_times(f.config, [int(d) for d in f.compile_depths])
+  print(f'{"arm":<16}{"step s":>9}{"tokens/s":>11}{"MFU":>8}{"compile s":>11}'
+        f'{"peak MiB":>10}{"ratio":>8}')
+  for arm, r in result['arms'].items():
+    peak_mib = '-' if r['peak_bytes'] is None else f'{r["peak_bytes"] / 2**20:.0f}'
+    print(f'{arm:<16}{r["step_time_s"]:>9.4f}{r["tokens_per_sec"]:>11.0f}{r["mfu"]:>8.1%}'
+          f'{r["compile_s"]:>11.1f}{peak_mib:>10}{result["ratios"].get(arm, 0):>8.3f}')
+  print(f'KD theory ratio 1 + teacher fwd / student train = {result["kd_theory_ratio"]:.3f}')
+  if 'compile_s_by_depth' in result:
+    print('compile s by depth: ' + ', '.join(f'{d} layers {s:.1f}s' for d, s in
+                                             result['compile_s_by_depth'].items()))
+  print(json.dumps(result))
+
+
+if __name__ == '__main__':
+  define_flags()
+  app.run(main)
