@@ -62,17 +62,18 @@ def run_all(config, config_path: str, sweep_name: str, study_dir: pathlib.Path,
     _finish(trainer.train(pretrain, teacher_dir), pretrain, teacher_dir, 'teacher', {})
   finals = []
   for i, run in enumerate(runs):
-    final_path = run.workdir / FINAL
+    workdir = pathlib.Path(run.workdir)
+    final_path = workdir / FINAL
     if final_path.exists():
       log(f'[{i + 1}/{len(runs)}] {run.name}: finished before, skipped')
     else:
       log(f'[{i + 1}/{len(runs)}] {run.name} -> {run.workdir}')
       start = time.perf_counter()
-      result = trainer.train(run.config, run.workdir)
+      result = trainer.train(run.config, workdir)
       if result['interrupted']:
         log(f'{run.name} was interrupted; rerun the same command to resume it')
         break
-      _finish(result, run.config, run.workdir, run.name, run.overrides,
+      _finish(result, run.config, workdir, run.name, run.overrides,
               time.perf_counter() - start)
     finals.append(json.loads(final_path.read_text()))
   return finals

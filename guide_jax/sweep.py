@@ -13,6 +13,7 @@ from __future__ import annotations
 import dataclasses
 import importlib.util
 import pathlib
+import posixpath
 from typing import Any
 
 import ml_collections
@@ -22,7 +23,7 @@ import ml_collections
 class Run:
   name: str                    # unique within the sweep; also its workdir below the root
   overrides: dict[str, Any]    # dotted config field -> value
-  workdir: pathlib.Path
+  workdir: str                 # root/name; a string, so gs:// roots keep their '//'
   config: ml_collections.ConfigDict
 
   def flags(self) -> list[str]:
@@ -74,5 +75,6 @@ def runs(base: ml_collections.ConfigDict, sweep_entries: list[dict],
     if name in seen:
       raise ValueError(f'the sweep names run {name!r} twice; names must be unique')
     seen.add(name)
-    out.append(Run(name, entry, pathlib.Path(root) / name, apply_overrides(base, entry)))
+    out.append(Run(name, entry, posixpath.join(str(root), name),
+                   apply_overrides(base, entry)))
   return out

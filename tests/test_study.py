@@ -18,7 +18,7 @@ def test_sweep_overrides_and_flags(tiny_config, tmp_path):
   assert [r.name for r in runs] == ['a/seed0', 'b/seed0']
   assert runs[0].config.train.seed == 3 and runs[0].config.guide.center is True
   assert runs[1].config.model.d_model == 32 and tiny_config.model.d_model == 64  # copied
-  assert runs[0].workdir == tmp_path / 'a' / 'seed0'
+  assert runs[0].workdir == f'{tmp_path}/a/seed0'
   assert runs[0].flags() == ['--config.train.seed=3', '--config.guide.center=True',
                              f'--workdir={tmp_path}/a/seed0']
   with pytest.raises(KeyError, match='train.sead'):
