@@ -30,8 +30,8 @@ FINAL = 'final.json'   # written last in each run's workdir: the run is done
 
 
 def plan(config, config_path: str, sweep_name: str, study_dir: pathlib.Path,
-         teacher_dir: pathlib.Path | None = None, only: str = ''):
-  """(teacher pretraining config or None, teacher dir, the selected runs)."""
+         teacher_dir: pathlib.Path | None = None):
+  """(teacher pretraining config or None, teacher dir, every run of the sweep)."""
   from guide_jax import sweep
   entries = sweep.entries(sweep.load_module(config_path.split(':')[0]), sweep_name)
   teacher_dir = teacher_dir or study_dir / 'teacher'
@@ -40,10 +40,11 @@ def plan(config, config_path: str, sweep_name: str, study_dir: pathlib.Path,
     config = config.copy_and_resolve_references()
     config.teacher.pretrain = type(config.teacher.pretrain)()
     config.teacher.checkpoint = str(teacher_dir)
-  runs = sweep.runs(config, entries, study_dir)
-  if only:
-    runs = [r for r in runs if re.search(only, r.name)]
-  return pretrain, teacher_dir, runs
+  return pretrain, teacher_dir, sweep.runs(config, entries, study_dir)
+
+
+def select(runs: list, only: str) -> list:
+  return [r for r in runs if re.search(only, r.name)] if only else runs
 
 
 def run_all(config, config_path: str, sweep_name: str, study_dir: pathlib.Path,
@@ -51,12 +52,12 @@ def run_all(config, config_path: str, sweep_name: str, study_dir: pathlib.Path,
             log=print) -> list[dict]:
   """Train the teacher (once) and every unfinished run; the finals of all selected runs."""
   from guide_jax.train import trainer
-  pretrain, teacher_dir, runs = plan(config, config_path, sweep_name, study_dir,
-                                     teacher_dir, only)
+  pretrain, teacher_dir, runs = plan(config, config_path, sweep_name, study_dir, teacher_dir)
   study_dir.mkdir(parents=True, exist_ok=True)
-  (study_dir / 'study.json').write_text(json.dumps({
+  (study_dir / 'study.json').write_text(json.dumps({  # the whole sweep, whatever --runs says
       'config': str(config_path), 'sweep': sweep_name, 'teacher_dir': str(teacher_dir),
       'runs': {r.name: r.overrides for r in runs}}, indent=2, default=str))
+  runs = select(runs, only)
   if pretrain is not None and not (teacher_dir / FINAL).exists():
     log(f'teacher -> {teacher_dir}')
     _finish(trainer.train(pretrain, teacher_dir), pretrain, teacher_dir, 'teacher', {})
@@ -112,8 +113,8 @@ def main(argv):
   try:
     if FLAGS.list:
       _, teacher_dir, runs = plan(FLAGS.config, config_path, FLAGS.sweep, study_dir,
-                                  teacher_dir, FLAGS.runs)
-      for run in runs:
+                                  teacher_dir)
+      for run in select(runs, FLAGS.runs):
         print(' '.join(['python -m guide_jax.main', f'--config={config_path}',
                         f'--config.teacher.checkpoint={teacher_dir}', *run.flags()]))
       return

@@ -42,6 +42,7 @@ def test_study_cpu_sweeps_are_well_formed():
   assert all(c.data.eval_split == 'test' for c in by_name.values())
   ablation = sweep.runs(module.get_config(), module.get_sweep('ablation'), '/tmp/x')
   assert all(r.config.data.eval_split == 'validation' for r in ablation)
+  assert len(ablation) == 11 and all(r.config.train.steps == 100 for r in ablation)
   with pytest.raises(ValueError, match='unknown sweep'):
     module.get_sweep('nope')
 
