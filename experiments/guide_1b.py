@@ -36,6 +36,10 @@ def teacher_config():
 def get_config():
   c = _family(config_lib.base_config(), 2048, 14, 16, 8192)  # ~1.0B student
   c.teacher.checkpoint = ''            # set to the teacher's workdir on the command line
+  # Smallest slice it fits with this batch (512 x 2048): 32 v5p chips, 51.9 of 95 GiB per
+  # chip (python -m guide_jax.aot --config=experiments/guide_1b.py). 16 chips would hold 32
+  # rows each, twice the ~50 GiB of temporaries: raise train.grad_accum to go smaller.
+  c.topology = 'v5p:4x4x2'
   c.teacher.dtype = 'bfloat16'         # frozen teacher: half the memory, bf16 forward
   c.guide = config_lib.guide_config()  # paper default: embeddings + first block
   c.loss.kd = losses.weight_config(1.0)

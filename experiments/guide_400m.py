@@ -18,6 +18,10 @@ def get_config():
   c = family.get_config()
   c.model.update(dict(d_model=1024, n_layers=24, n_heads=8, n_kv_heads=8, head_dim=128,
                       mlp_dim=4096))  # ~0.34B in blocks + 33M embedding
+  # Smallest slice it fits with this batch (512 x 2048): 16 v5p chips, 80.3 of 95 GiB per
+  # chip (python -m guide_jax.aot --config=experiments/guide_400m.py); 8 chips would need
+  # twice the temporaries.
+  c.topology = 'v5p:2x2x4'
   return c
 
 

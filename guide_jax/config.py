@@ -68,6 +68,8 @@ def base_config() -> ml_collections.ConfigDict:
   c.mesh.fsdp = 1                  # parameter/optimizer sharding axis (ZeRO-3)
   c.mesh.tensor = 1                # tensor-parallel axis (heads, mlp, vocab)
   c.logical_rules = sharding.DEFAULT_RULES  # logical axis -> mesh axes
+  c.topology = ''                  # smallest TPU slice this config fits ('v5p:4x4x2');
+                                   # `python -m guide_jax.aot` compiles for it and checks
 
   c.distributed = ml_collections.ConfigDict()
   c.distributed.initialize = 'auto'   # 'auto' (when the environment says so), 'always', 'never'

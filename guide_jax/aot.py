@@ -1,0 +1,243 @@
+"""Compile the real GUIDE+KD train step for a TPU slice, on any machine, ahead of time.
+
+  pip install -e '.[tpu]'     # libtpu: compiles for TPU topologies without a TPU
+  python -m guide_jax.aot --config=experiments/guide_1b.py [--topology=v5p:4x4x4]
+
+Builds the config's mesh over the abstract devices of `--topology` (default: the
+config's `topology` field, the smallest slice it is stated to fit), lowers the train step
+the trainer runs (teacher forward + student forward/backward + optimizer update, state
+donated) with every argument abstract and sharded as in training, compiles it with
+libtpu, and prints per-chip HBM (arguments, temporaries, outputs, total vs capacity),
+compile time, FLOPs per step from XLA's cost analysis, and a roofline step time and MFU.
+Exit status 1 when the step does not fit, with what would make it fit.
+
+Topology names: v4:2x2x1, v5e:4x4 (v5 lite), v5p:4x4x4, v6e:4x4, ... (chips per axis).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import os
+import sys
+import time
+
+from absl import app, flags, logging
+
+# libtpu probes the host for TPU metadata at import; these tell it there is nothing to find.
+QUIET_LIBTPU = {'TPU_SKIP_MDS_QUERY': '1', 'TPU_ACCELERATOR_TYPE': 'v5p-8',
+                'TPU_WORKER_HOSTNAMES': 'localhost', 'TPU_WORKER_ID': '0',
+                'TF_CPP_MIN_LOG_LEVEL': '3', 'GRPC_VERBOSITY': 'ERROR'}
+
+
+@dataclasses.dataclass(frozen=True)
+class Chip:
+  hbm_bytes: float      # per chip
+  peak_flops: float     # dense bf16 FLOP/s per chip
+  hbm_bandwidth: float  # bytes/s per chip
+
+
+CHIPS = {  # public spec sheets
+    'v4': Chip(32 * 2**30, 275e12, 1.2e12),
+    'v5e': Chip(16 * 2**30, 197e12, 0.82e12),
+    'v5p': Chip(95 * 2**30, 459e12, 2.76e12),
+    'v6e': Chip(32 * 2**30, 918e12, 1.64e12),
+}
+
+
+def parse_topology(name: str) -> tuple[str, int]:
+  """'v5p:4x4x4' -> ('v5p', 64 chips)."""
+  generation, _, dims = name.partition(':')
+  if generation not in CHIPS or not dims:
+    raise ValueError(f'--topology={name!r}: use GENERATION:AxB[xC] with GENERATION one of '
+                     f'{sorted(CHIPS)}, e.g. v5p:4x4x4')
+  return generation, math.prod(int(d) for d in dims.split('x'))
+
+
+def teacher_model(cfg, module):
+  """The teacher's model config: teacher.pretrain, else the experiment's teacher_config()."""
+  if cfg.teacher.pretrain:
+    return cfg.teacher.pretrain.model
+  if hasattr(module, 'teacher_config'):
+    return module.teacher_config().model
+  raise ValueError('the config has no teacher.pretrain and its file no teacher_config(); '
+                   'AOT needs the teacher architecture')
+
+
+def compile_step(cfg, t_model, devices):
+  """(compiled train step, compile seconds) on a mesh over `devices`, all inputs abstract."""
+  import jax
+  import jax.numpy as jnp
+  from guide_jax import guide, losses, sharding
+  from guide_jax.models import transformer
+  from guide_jax.train import optimizer, steps, trainer
+
+  t_model = t_model.copy_and_resolve_references()
+  if cfg.teacher.dtype == 'bfloat16':  # as teacher.load stores and runs it
+    t_model.param_dtype = t_model.dtype = 'bfloat16'
+  s_model = cfg.model
+  mesh = sharding.make_mesh(cfg.mesh, devices)
+  rules = tuple(cfg.logical_rules)
+
+  def abstract(model_cfg):
+    shapes = transformer.abstract_params(model_cfg)
+    shardings = sharding.tree_shardings(shapes, transformer.logical_axes(model_cfg), mesh,
+                                        rules)
+    return jax.tree.map(lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s),
+                        shapes, shardings), shardings
+
+  teacher_params, _ = abstract(t_model)
+  _, param_shardings = abstract(s_model)
+  tx = optimizer.make(cfg.train)
+  student_shapes = transformer.abstract_params(s_model)
+  # Outside set_mesh: optax builds a placeholder state eagerly, which cannot be placed on
+  # the abstract devices of a topology.
+  shardings = trainer.state_shardings(param_shardings, tx, student_shapes, mesh)
+  state = jax.tree.map(
+      lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s),
+      jax.eval_shape(lambda p: {'params': p, 'opt_state': tx.init(p),
+                                'step': jnp.zeros((), jnp.int32)}, student_shapes),
+      shardings)
+  with jax.set_mesh(mesh), sharding.use_rules(rules):
+    layers, _ = guide.guided_layers(t_model, s_model, cfg.guide)
+    guided = jax.eval_shape(lambda p: guide.project(p, t_model, s_model, cfg.guide)[0],
+                            transformer.abstract_params(t_model))
+    theta_hat = guide.selected(guided, cfg.guide.init)
+    theta_hat = jax.tree.map(
+        lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s), theta_hat,
+        trainer._like(theta_hat, param_shardings))
+    b, s = cfg.data.global_batch_size, cfg.data.seq_len
+    batch_sharding = sharding.batch_sharding(mesh, rules)
+    batch = {k: jax.ShapeDtypeStruct((b, s), jnp.float32 if k == 'loss_weights' else jnp.int32,
+                                     sharding=batch_sharding)
+             for k in ('inputs', 'targets', 'segment_ids', 'positions', 'loss_weights')}
+    loss = losses.DistillLoss(cfg.loss, cfg.train.steps, cfg.train.z_loss)
+    objective = trainer.distill_objective(s_model, t_model, loss, layers)
+    step = jax.jit(steps.make_train_step(objective, tx, cfg.train.grad_accum,
+                                         optimizer.learning_rate_schedule(cfg.train)),
+                   out_shardings=(shardings, None), donate_argnums=(0,))
+    start = time.perf_counter()
+    compiled = step.lower(state, batch, teacher_params, theta_hat).compile()
+    return compiled, time.perf_counter() - start
+
+
+def report(cfg, module, topology: str) -> dict:
+  """Compile for `topology` and return the per-chip numbers (see the module docstring)."""
+  for key, value in QUIET_LIBTPU.items():
+    os.environ.setdefault(key, value)
+  from jax.experimental import topologies
+  from guide_jax import config as config_lib
+  from guide_jax.train import flops
+
+  generation, chips = parse_topology(topology)
+  devices = topologies.get_topology_desc(platform='tpu', topology_name=topology).devices
+  config_lib.validate(cfg, len(devices))
+  chip = CHIPS[generation]
+  per_chip = len(devices) // chips  # v4 exposes both TensorCores of a chip as devices
+  hbm, peak, bandwidth = (chip.hbm_bytes / per_chip, chip.peak_flops / per_chip,
+                          chip.hbm_bandwidth / per_chip)
+  t_model = teacher_model(cfg, module)
+  compiled, compile_s = compile_step(cfg, t_model, devices)
+  mem = compiled.memory_analysis()
+  cost = compiled.cost_analysis()
+  cost = cost[0] if isinstance(cost, (list, tuple)) else cost
+  total = (mem.argument_size_in_bytes + mem.output_size_in_bytes + mem.temp_size_in_bytes
+           - mem.alias_size_in_bytes)
+  tokens = cfg.data.global_batch_size * cfg.data.seq_len
+  model_flops = tokens * (flops.train_flops_per_token(cfg.model, cfg.data.seq_len) +
+                          flops.forward_flops_per_token(t_model, cfg.data.seq_len))
+  # XLA's cost analysis counts a while loop's body once, so with scan over layers its FLOPs
+  # and bytes cover one block of each stack: reported as is, not used for the FLOPs of the
+  # roofline. The roofline takes the analytic model FLOPs per chip at the chip's peak and
+  # XLA's bytes (a lower bound) at its HBM bandwidth; its MFU is an upper bound.
+  xla_flops, xla_bytes = float(cost.get('flops', 0.0)), float(cost.get('bytes accessed', 0.0))
+  flops_per_device = model_flops / len(devices)
+  roofline_s = max(flops_per_device / peak, xla_bytes / bandwidth)
+  return {
+      'topology': topology, 'devices': len(devices), 'device_kind': devices[0].device_kind,
+      'compile_s': compile_s,
+      'per_device': {'argument_bytes': mem.argument_size_in_bytes,
+                     'output_bytes': mem.output_size_in_bytes,
+                     'temp_bytes': mem.temp_size_in_bytes,
+                     'alias_bytes': mem.alias_size_in_bytes,
+                     'total_bytes': total, 'hbm_bytes': hbm,
+                     'xla_flops_loop_bodies_once': xla_flops,
+                     'xla_bytes_accessed_loop_bodies_once': xla_bytes},
+      'fits': total <= hbm,
+      'model_flops_per_step': model_flops,
+      'roofline_step_s': roofline_s,
+      'roofline_mfu': flops_per_device / (peak * roofline_s),
+      'tokens_per_step': tokens,
+  }
+
+
+def advice(cfg) -> str:
+  tips = []
+  if cfg.mesh.fsdp != -1:
+    tips.append('shard parameters over more chips (mesh.fsdp=-1)')
+  if cfg.model.remat in ('none', 'dots_saveable'):
+    tips.append("rematerialise more (model.remat='dots' or 'full')")
+  tips.append('fewer rows per chip (raise train.grad_accum or lower data.global_batch_size)')
+  if cfg.teacher.dtype != 'bfloat16':
+    tips.append("store the teacher in bfloat16 (teacher.dtype='bfloat16')")
+  tips.append('or a larger slice (--topology)')
+  return '; '.join(tips)
+
+
+def define_flags() -> None:
+  from ml_collections import config_flags
+  config_flags.DEFINE_config_file('config', None, 'A distillation config.')
+  flags.DEFINE_string('topology', '', "e.g. v5p:4x4x4; default: the config's `topology`.")
+  flags.mark_flag_as_required('config')
+
+
+def main(argv):
+  del argv
+  f = flags.FLAGS
+  if not f['verbosity'].present:
+    logging.set_verbosity(logging.WARNING)
+  from ml_collections import config_flags
+  from guide_jax import config as config_lib
+  from guide_jax import sweep
+  cfg = f.config
+  topology = f.topology or cfg.get('topology', '')
+  if not topology:
+    print('error: no --topology and the config has no `topology` field; pass '
+          '--topology=v5p:4x4x4 (or similar)', file=sys.stderr)
+    sys.exit(2)
+  module = sweep.load_module(config_flags.get_config_filename(f['config']).split(':')[0])
+  import jax
+  try:
+    r = report(cfg, module, topology)
+  except (ValueError, config_lib.ConfigError) as e:
+    print(f'error: {e}', file=sys.stderr)
+    sys.exit(2)
+  except jax.errors.JaxRuntimeError as e:  # the TPU compiler refuses what cannot fit
+    if 'RESOURCE_EXHAUSTED' not in str(e):
+      raise
+    reason = str(e).split('RESOURCE_EXHAUSTED: ')[-1].splitlines()[0]
+    print(f'error: does not fit {topology}: {reason} {advice(cfg)}', file=sys.stderr)
+    sys.exit(1)
+  d, gib = r['per_device'], 2**30
+  print(f'{topology}: {r["devices"]} x {r["device_kind"]}; compiled in {r["compile_s"]:.1f}s')
+  print(f'per chip: arguments {d["argument_bytes"] / gib:.2f} GiB, temporaries '
+        f'{d["temp_bytes"] / gib:.2f} GiB, outputs {d["output_bytes"] / gib:.2f} GiB '
+        f'(aliased {d["alias_bytes"] / gib:.2f}), total {d["total_bytes"] / gib:.2f} of '
+        f'{d["hbm_bytes"] / gib:.1f} GiB HBM')
+  print(f'model FLOPs per step {r["model_flops_per_step"] / 1e15:.2f} PFLOP '
+        f'({r["model_flops_per_step"] / r["devices"] / 1e12:.1f} TFLOP per chip); XLA, loop '
+        f'bodies once: {d["xla_flops_loop_bodies_once"] / 1e12:.2f} TFLOP, '
+        f'{d["xla_bytes_accessed_loop_bodies_once"] / 1e9:.1f} GB per chip')
+  print(f'roofline: step >= {r["roofline_step_s"]:.3f}s, MFU <= {r["roofline_mfu"]:.1%}, '
+        f'{r["tokens_per_step"] / r["roofline_step_s"]:,.0f} tokens/s at best')
+  print(json.dumps(r))
+  if not r['fits']:
+    print(f'error: does not fit {topology}: {d["total_bytes"] / gib:.2f} GiB > '
+          f'{d["hbm_bytes"] / gib:.1f} GiB per chip; {advice(cfg)}', file=sys.stderr)
+    sys.exit(1)
+
+
+if __name__ == '__main__':
+  define_flags()
+  app.run(main)

@@ -1,0 +1,61 @@
+"""Ahead-of-time compilation for TPU topologies (needs libtpu: pip install -e '.[tpu]')."""
+
+import importlib.util
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+
+from conftest import REPO
+
+needs_libtpu = pytest.mark.skipif(importlib.util.find_spec('libtpu') is None,
+                                  reason="libtpu is not installed (pip install -e '.[tpu]')")
+
+
+def run_aot(*args):
+  env = {k: v for k, v in os.environ.items() if k not in ('XLA_FLAGS', 'JAX_PLATFORMS')}
+  return subprocess.run([sys.executable, '-m', 'guide_jax.aot', *args], cwd=REPO, env=env,
+                        capture_output=True, text=True, timeout=1200)
+
+
+def test_topology_names_and_advice():
+  from guide_jax import aot
+  from guide_jax import config as config_lib
+  assert aot.parse_topology('v5p:4x4x2') == ('v5p', 32)
+  assert aot.parse_topology('v5e:2x2') == ('v5e', 4)
+  with pytest.raises(ValueError, match='GENERATION:AxB'):
+    aot.parse_topology('h100:8')
+  cfg = config_lib.base_config()
+  tips = aot.advice(cfg)
+  assert 'mesh.fsdp=-1' in tips and "teacher.dtype='bfloat16'" in tips
+
+
+@needs_libtpu
+def test_tiny_distillation_step_compiles_for_a_v5e_slice():
+  out = run_aot('--config=experiments/guide_tiny.py', '--topology=v5e:2x2')
+  assert out.returncode == 0, out.stderr[-3000:]
+  r = json.loads(out.stdout.strip().splitlines()[-1])
+  assert r['devices'] == 4 and r['fits']
+  d = r['per_device']
+  assert 0 < d['total_bytes'] <= d['hbm_bytes'] == 16 * 2**30
+  assert d['xla_flops_loop_bodies_once'] > 0 and 0 < r['roofline_mfu'] <= 1
+
+
+@needs_libtpu
+def test_a_step_that_cannot_fit_exits_1_with_advice():
+  out = run_aot('--config=experiments/guide_tiny.py', '--topology=v5e:2x2',
+                '--config.data.global_batch_size=262144')  # ~32 GiB of logits per chip
+  assert out.returncode == 1, out.stderr[-3000:]
+  assert 'does not fit v5e:2x2' in out.stderr and 'grad_accum' in out.stderr
+
+
+@pytest.mark.slow
+@needs_libtpu
+@pytest.mark.parametrize('name', ['guide_400m', 'guide_1b'])
+def test_paper_configs_fit_their_stated_slice(name):
+  out = run_aot(f'--config=experiments/{name}.py')  # --topology defaults to config.topology
+  assert out.returncode == 0, out.stderr[-3000:]
+  r = json.loads(out.stdout.strip().splitlines()[-1])
+  assert r['fits'] and r['topology']
