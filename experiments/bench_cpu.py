@@ -4,7 +4,7 @@
       --compile_depths=4,32
 
 Student: d 512, 4 blocks, 8 heads of 64, SwiGLU 2048, vocab 4096 (~15M params); teacher:
-d 1024, 16 heads, SwiGLU 4096 (~55M), so KD's theoretical cost ratio is ~2.3. Batch 8 x
+d 1024, 16 heads, SwiGLU 4096 (~55M), so KD's theoretical cost ratio is ~2.3. Batch 16 x
 256 tokens, float32 compute (bf16 has its own, much higher, AMX matmul peak on this CPU;
 run --config.model.dtype=bfloat16 --config.teacher.pretrain.model.dtype=bfloat16 to see
 it). Only the student's train step is timed; nothing is trained or written.
@@ -24,7 +24,7 @@ def _model(c, d, heads, mlp):
   c.model.max_len = 256
   c.data.backend = 'synthetic'
   c.data.seq_len = 256
-  c.data.global_batch_size = 8
+  c.data.global_batch_size = 16
   c.mesh.data = 1
   return c
 
