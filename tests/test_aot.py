@@ -56,6 +56,7 @@ def test_a_step_that_cannot_fit_exits_1_with_advice():
 @pytest.mark.parametrize('name', ['guide_400m', 'guide_1b'])
 def test_paper_configs_fit_their_stated_slice(name):
   out = run_aot(f'--config=experiments/{name}.py')  # --topology defaults to config.topology
+  print(out.stdout)  # the per-chip report, shown with pytest -s
   assert out.returncode == 0, out.stderr[-3000:]
   r = json.loads(out.stdout.strip().splitlines()[-1])
   assert r['fits'] and r['topology']
