@@ -33,4 +33,5 @@ def get_config():
   c = _model(config_lib.base_config(), 512, 8, 2048)
   c.teacher.pretrain = _model(config_lib.base_config(), 1024, 16, 4096)
   c.guide = config_lib.guide_config()
+  c.guide.blocks = 'all'  # as the paper configs: MATCH then covers every block (worst case)
   return c

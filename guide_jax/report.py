@@ -112,8 +112,11 @@ def targets(summary: dict) -> list[tuple[str, bool]]:
 
 
 def markdown(study: dict, summary: dict, title: str) -> str:
-  fmt = lambda m, s, pct=False: ('—' if m is None else
-                                 f'{m:.1%} ± {s:.1%}' if pct else f'{m:.4f} ± {s:.4f}')
+  def fmt(mean, std, pct=False):
+    if mean is None:
+      return '—'
+    text = f'{mean:.1%}' if pct else f'{mean:.4f}'
+    return text if std is None else text + (f' ± {std:.1%}' if pct else f' ± {std:.4f}')
   lines = [f'# {title}', '']
   t, a, e = (summary['teacher_eval_loss'], summary['approx_teacher_eval_loss'],
              summary['explained_variance'])
@@ -127,9 +130,16 @@ def markdown(study: dict, summary: dict, title: str) -> str:
             '| arm | seeds | tokens | eval loss (nats/token) | ppl | gap closure |',
             '|---|---|---|---|---|---|']
   for arm, s in summary['arms'].items():
+    one = s['seeds'] < 2  # no spread to show
     lines.append(f'| {arm} | {s["seeds"]} | {s["tokens"]:,} | '
-                 f'{fmt(s["eval_loss_mean"], s["eval_loss_std"])} | {s["ppl_mean"]:.2f} | '
-                 f'{fmt(s["gap_closure_mean"], s["gap_closure_std"], True)} |')
+                 f'{fmt(s["eval_loss_mean"], None if one else s["eval_loss_std"])} | '
+                 f'{s["ppl_mean"]:.2f} | '
+                 f'{fmt(s["gap_closure_mean"], None if one else s["gap_closure_std"], True)} |')
+  lines += ['', '| arm | what it sets (besides train.seed, data.seed) |', '|---|---|']
+  for arm, seeds in study['arms'].items():
+    overrides = next(iter(seeds.values()))['final'].get('overrides', {})
+    shown = {k: v for k, v in overrides.items() if k not in ('train.seed', 'data.seed')}
+    lines.append(f'| {arm} | {", ".join(f"`{k}={v}`" for k, v in shown.items()) or "—"} |')
   missing = [n for n in study['meta']['runs']
              if n.rpartition('/')[2] not in study['arms'].get(n.rpartition('/')[0] or n, {})]
   if missing:
@@ -160,9 +170,12 @@ def plots(study: dict, summary: dict, out_dir: pathlib.Path) -> None:
     tokens = sorted(set.intersection(*(set(r['curve']) for r in seeds.values())))
     return tokens, [statistics.fmean(r['curve'][t] for r in seeds.values()) for t in tokens]
 
+  # Ten colours, then the same colours dashed: every arm stays distinguishable.
+  style = {arm: dict(color=f'C{i % 10}', linestyle='-' if i < 10 else '--')
+           for i, arm in enumerate(arms)}
   fig, ax = plt.subplots(figsize=(7, 4.5))
   for arm, seeds in arms.items():
-    ax.plot(*mean_curve(seeds), marker='.', label=arm)
+    ax.plot(*mean_curve(seeds), marker='.', label=arm, **style[arm])
   if teacher is not None:
     ax.axhline(teacher, color='k', linestyle='--', label='teacher')
   ax.set(xlabel='training tokens', ylabel='eval loss (nats/token)',
@@ -185,7 +198,7 @@ def plots(study: dict, summary: dict, out_dir: pathlib.Path) -> None:
                 if t in base_at]
       points = [(t, c) for t, c in points if c is not None]
       if points:
-        ax.plot(*zip(*points), marker='.', label=arm)
+        ax.plot(*zip(*points), marker='.', label=arm, **style[arm])
     ax.axhline(0.0, color='k', linewidth=0.8)
   ax.yaxis.set_major_formatter(matplotlib.ticker.PercentFormatter(1.0))
   ax.set(xlabel='training tokens', ylabel='gap closure vs baseline',
