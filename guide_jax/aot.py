@@ -55,16 +55,6 @@ def parse_topology(name: str) -> tuple[str, int]:
   return generation, math.prod(int(d) for d in dims.split('x'))
 
 
-def teacher_model(cfg, module):
-  """The teacher's model config: teacher.pretrain, else the experiment's teacher_config()."""
-  if cfg.teacher.pretrain:
-    return cfg.teacher.pretrain.model
-  if hasattr(module, 'teacher_config'):
-    return module.teacher_config().model
-  raise ValueError('the config has no teacher.pretrain and its file no teacher_config(); '
-                   'AOT needs the teacher architecture')
-
-
 def compile_step(cfg, t_model, devices):
   """(compiled train step, compile seconds) on a mesh over `devices`, all inputs abstract."""
   import jax
@@ -137,7 +127,8 @@ def report(cfg, module, topology: str) -> dict:
   per_chip = len(devices) // chips  # v4 exposes both TensorCores of a chip as devices
   hbm, peak, bandwidth = (chip.hbm_bytes / per_chip, chip.peak_flops / per_chip,
                           chip.hbm_bandwidth / per_chip)
-  t_model = teacher_model(cfg, module)
+  from guide_jax.train import teacher as teacher_lib
+  t_model = teacher_lib.model_config(cfg, module)
   compiled, compile_s = compile_step(cfg, t_model, devices)
   mem = compiled.memory_analysis()
   cost = compiled.cost_analysis()

@@ -10,8 +10,8 @@ Arms (one compiled train step each, on the config's student, mesh and batch):
   guide_match     GUIDE init, CE + MATCH
   kd              random init, CE + KD (teacher forward in the step)
   guide_match_kd  GUIDE init, CE + KD + MATCH
-The teacher is the config's teacher model (teacher.pretrain.model, or the model saved with
-teacher.checkpoint) with random weights: timing does not depend on its values. Batches
+The teacher is the config's teacher architecture (guide_jax.train.teacher.model_config)
+with random weights: timing does not depend on its values. Batches
 are synthetic. After a warm-up step, the arms run interleaved, round by round, so that
 noise from a shared machine hits all of them alike; each arm reports its median step time.
 
@@ -38,24 +38,6 @@ ARMS = {  # arm: (GUIDE init, KD weight, MATCH weight)
     'kd': (False, 1.0, 0.0),
     'guide_match_kd': (True, 1.0, 1.0),
 }
-
-
-def teacher_model(cfg):
-  """The teacher's model config: teacher.pretrain.model, else the checkpoint's."""
-  if cfg.teacher.pretrain:
-    return cfg.teacher.pretrain.model
-  if cfg.teacher.checkpoint:
-    import ml_collections
-    from guide_jax.train import checkpointing
-    ckpt = checkpointing.Checkpointer(pathlib.Path(cfg.teacher.checkpoint) / 'checkpoints',
-                                      1, False)
-    step = ckpt.latest_step()
-    if step is None:
-      raise checkpointing.CheckpointError(
-          f'teacher.checkpoint={cfg.teacher.checkpoint!r} holds no checkpoint')
-    return ml_collections.ConfigDict(ckpt.restore_meta(step)['model'])
-  raise ValueError('the config has no teacher (teacher.pretrain or teacher.checkpoint); '
-                   'benchmark a distillation config')
 
 
 def synthetic_batch(cfg) -> dict:
@@ -92,10 +74,11 @@ def run_arms(cfg, steps: int, arms: list[str], log=print) -> dict:
   from guide_jax.models import transformer
   from guide_jax.train import flops, optimizer
   from guide_jax.train import steps as steps_lib
+  from guide_jax.train import teacher as teacher_lib
   from guide_jax.train import trainer
 
   config_lib.validate(cfg, jax.device_count(), jax.process_count())
-  t_model = teacher_model(cfg)
+  t_model = teacher_lib.model_config(cfg)
   s_model = cfg.model
   guide.check_compatible(t_model, s_model, cfg.guide)
   mesh = sharding.make_mesh(cfg.mesh)
@@ -283,9 +266,11 @@ def main(argv):
     sys.exit(2)
   from guide_jax import config as config_lib
   from guide_jax import guide
+  from guide_jax.train import checkpointing
   try:
     result = run_arms(f.config, f.steps, list(f.arms))
-  except (config_lib.ConfigError, guide.GuideError, ValueError) as e:
+  except (config_lib.ConfigError, guide.GuideError, checkpointing.CheckpointError,
+          ValueError) as e:
     print(f'error: {e}', file=sys.stderr)
     sys.exit(2)
   base = result['arms'].get('baseline')

@@ -153,9 +153,9 @@ def validate(c: ml_collections.ConfigDict, num_devices: int, num_processes: int 
            f'data.test_percent={d.test_percent} must be in [0, {100 - d.validation_percent})')
   _require(d.eval_split in ('validation', 'test'),
            f"data.eval_split={d.eval_split!r} must be 'validation' or 'test'")
-  _require(d.eval_split != 'test' or d.test_percent > 0 or d.backend != 'embedded',
-           "data.eval_split='test' needs data.test_percent > 0 (the embedded corpus has no "
-           "test split otherwise)")
+  _require(d.eval_split != 'test' or (d.backend == 'embedded' and d.test_percent > 0),
+           "data.eval_split='test' needs data.test_percent > 0 and the embedded backend "
+           "(seqio evaluates data.seqio_eval_split)")
   _require(d.eval_batches > 0, f'data.eval_batches={d.eval_batches} must be positive')
   try:
     mesh_shape = sharding.resolve_mesh_shape(c.mesh, num_devices)

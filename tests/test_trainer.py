@@ -81,7 +81,7 @@ def test_training_reduces_loss(tiny_config, tmp_path):
     ('model.position', 'alibi', "model.position='alibi'"),
     ('train.warmup_steps', 100, 'train.warmup_steps=100'),
     ('train.grad_accum', 3, 'not divisible by train.grad_accum=3'),
-    ('data.eval_split', 'test', "data.eval_split='test' needs data.test_percent > 0"),
+    ('data.eval_split', 'test', "data.eval_split='test' needs data.test_percent > 0 and the embedded"),
     ('data.test_percent', 80, 'data.test_percent=80 must be in \\[0, 80\\)'),
 ])
 def test_validation_errors(tiny_config, field, value, message):

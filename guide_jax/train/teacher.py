@@ -36,6 +36,26 @@ def is_distillation(cfg: ml_collections.ConfigDict) -> bool:
   return bool(cfg.teacher.checkpoint) or bool(cfg.teacher.pretrain)
 
 
+def model_config(cfg: ml_collections.ConfigDict, experiment=None) -> ml_collections.ConfigDict:
+  """The teacher's architecture without loading it (benchmarks, AOT): teacher.pretrain's
+  model, else the one saved with teacher.checkpoint, else the experiment module's
+  teacher_config() (the paper configs name their teacher that way)."""
+  if cfg.teacher.pretrain:
+    return cfg.teacher.pretrain.model
+  if cfg.teacher.checkpoint:
+    ckpt = checkpointing.Checkpointer(pathlib.Path(cfg.teacher.checkpoint) / 'checkpoints',
+                                      1, False)
+    step = ckpt.latest_step()
+    if step is None:
+      raise checkpointing.CheckpointError(
+          f'teacher.checkpoint={cfg.teacher.checkpoint!r} holds no checkpoint')
+    return ml_collections.ConfigDict(ckpt.restore_meta(step)['model'])
+  if experiment is not None and hasattr(experiment, 'teacher_config'):
+    return experiment.teacher_config().model
+  raise ValueError('the config names no teacher (teacher.pretrain or teacher.checkpoint, '
+                   'or teacher_config() in its file); this needs a distillation config')
+
+
 def ensure_trained(cfg: ml_collections.ConfigDict, workdir: pathlib.Path, train_fn) -> pathlib.Path:
   """The teacher's workdir; with teacher.pretrain, train it first if it is not finished."""
   if cfg.teacher.checkpoint:
