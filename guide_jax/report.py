@@ -139,7 +139,8 @@ def markdown(study: dict, summary: dict, title: str) -> str:
   for arm, seeds in study['arms'].items():
     overrides = next(iter(seeds.values()))['final'].get('overrides', {})
     shown = {k: v for k, v in overrides.items() if k not in ('train.seed', 'data.seed')}
-    lines.append(f'| {arm} | {", ".join(f"`{k}={v}`" for k, v in shown.items()) or "—"} |')
+    sets = ', '.join(f'`{k}={v}`' for k, v in shown.items()) or '(the config as is)'
+    lines.append(f'| {arm} | {sets} |')
   missing = [n for n in study['meta']['runs']
              if n.rpartition('/')[2] not in study['arms'].get(n.rpartition('/')[0] or n, {})]
   if missing:
