@@ -6,9 +6,9 @@ Pretrains a ~2.6M-parameter teacher on the stdlib corpus (into WORKDIR/teacher, 
 afterwards), then trains two half-width students for the same tokens: a GUIDE+KD student
 (GUIDE init of embeddings + all blocks, CE + forward-KL) and a randomly initialised
 CE-only baseline. Prints a table of eval losses and the gap closure, and writes it to
-WORKDIR/demo_summary.json. Measured 14.5 minutes on 2 CPU cores while the test suite ran
-beside it (teacher 0.6 s/step then); alone it should take well under that. The first run
-also trains the 4096-piece tokenizer (~1 minute, cached under ~/.cache/guide_jax).
+WORKDIR/demo_summary.json. Measured 10 min 8 s alone on 2 CPU cores (fresh workdir,
+tokenizer cached; teacher ~4 min). The first run also trains the 4096-piece tokenizer
+(~1 minute, cached under ~/.cache/guide_jax).
 
 `python -m guide_jax.main --config=experiments/demo.py --workdir=DIR` trains the
 GUIDE+KD student alone (and its teacher if absent).
