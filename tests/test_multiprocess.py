@@ -44,6 +44,7 @@ def _losses(workdir):
   return {r['step']: r['train/loss'] for r in read_metrics(workdir) if 'train/loss' in r}
 
 
+@pytest.mark.slow  # ~2-3 minutes: three trainer runs in subprocesses
 def test_two_processes_match_one_and_resume(tmp_path):
   single = tmp_path / 'single'
   one = _run(1, 4, single, tmp_path, 'single')  # also fills the tokenizer cache first
