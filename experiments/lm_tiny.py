@@ -36,3 +36,10 @@ def _email_package() -> str:
   import os
   import sysconfig
   return os.path.join(sysconfig.get_paths()['stdlib'], 'email')
+
+
+def get_sweep(name):
+  """`seeds`: two runs that differ only in seed (the launcher tests use it)."""
+  if name != 'seeds':
+    raise ValueError(f'lm_tiny has no sweep {name!r}; it has: seeds')
+  return [{'name': f'seed{seed}', 'train.seed': seed} for seed in (0, 1)]

@@ -78,3 +78,43 @@ def runs(base: ml_collections.ConfigDict, sweep_entries: list[dict],
     out.append(Run(name, entry, posixpath.join(str(root), name),
                    apply_overrides(base, entry)))
   return out
+
+
+def define_flags() -> None:
+  """Command-line flags (defined only when run as a program, so importing is free)."""
+  from absl import flags
+  flags.DEFINE_string('config', None, 'Experiment file with get_config (and get_sweep).')
+  flags.DEFINE_string('sweep', '', 'Name passed to get_sweep(name); empty: one run.')
+  flags.DEFINE_string('root', None, 'Workdir root: each run goes to ROOT/<name>.')
+  flags.mark_flags_as_required(['config', 'root'])
+
+
+def main(argv) -> None:
+  """Prints the runs, one JSON object a line: {"name", "workdir", "flags"}.
+
+  Launchers that live in another virtual environment (launch/xm_launch.py, whose
+  xmanager pins its own protobuf) expand a sweep through this instead of importing the
+  experiment file, which needs JAX.
+  """
+  import json
+  import sys
+  from absl import flags
+  del argv
+  FLAGS = flags.FLAGS
+  try:
+    module = load_module(FLAGS.config)
+    if FLAGS.sweep:
+      out = runs(module.get_config(), entries(module, FLAGS.sweep), FLAGS.root)
+    else:
+      out = [Run(pathlib.Path(FLAGS.config).stem, {}, FLAGS.root, module.get_config())]
+  except (FileNotFoundError, KeyError, ValueError) as e:
+    print(f'error: {e}', file=sys.stderr)
+    sys.exit(2)
+  for run in out:
+    print(json.dumps({'name': run.name, 'workdir': run.workdir, 'flags': run.flags()}))
+
+
+if __name__ == '__main__':
+  from absl import app
+  define_flags()
+  app.run(main)
