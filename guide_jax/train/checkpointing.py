@@ -11,9 +11,11 @@ retention policy; an unreadable checkpoint is an error, not something to overwri
 
 from __future__ import annotations
 
-import pathlib
+import os
 
 import orbax.checkpoint as ocp
+
+from guide_jax import paths
 
 
 class CheckpointError(RuntimeError):
@@ -22,8 +24,8 @@ class CheckpointError(RuntimeError):
 
 class Checkpointer:
 
-  def __init__(self, directory: pathlib.Path, keep: int, use_async: bool):
-    self.directory = pathlib.Path(directory).absolute()
+  def __init__(self, directory: str | os.PathLike, keep: int, use_async: bool):
+    self.directory = paths.workdir_path(directory)
     # The trainer decides when to save (orbax's own interval policy also saves the first
     # step it sees, which a resumed run would then keep).
     options = ocp.CheckpointManagerOptions(

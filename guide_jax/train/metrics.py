@@ -1,13 +1,16 @@
 """Metric sinks: DIR/metrics.jsonl, TensorBoard event files (tensorboardX, no TensorFlow),
-and a console progress bar. Only process 0 writes."""
+and a console progress bar. Only process 0 writes. DIR may be a gs:// URL: object stores
+cannot append, so there the jsonl is kept in memory and rewritten whole at each write."""
 
 from __future__ import annotations
 
 import json
-import pathlib
+import os
 
 import jax
 import tqdm
+
+from guide_jax import paths
 
 STEP, TOKENS = 'step', 'tokens'
 TRAIN_LOSS, EVAL_LOSS, EVAL_PPL = 'train/loss', 'eval/loss', 'eval/ppl'
@@ -16,13 +19,19 @@ TOKENS_PER_SEC, STEP_TIME, MFU = 'perf/tokens_per_sec', 'perf/step_time_s', 'per
 
 class MetricsWriter:
 
-  def __init__(self, workdir: pathlib.Path, total_steps: int, start_step: int,
+  def __init__(self, workdir: str | os.PathLike, total_steps: int, start_step: int,
                progress_bar: bool):
     self.enabled = jax.process_index() == 0
     self._jsonl = self._tb = self._bar = None
     if not self.enabled:
       return
-    self._jsonl = open(workdir / 'metrics.jsonl', 'a')
+    workdir = paths.workdir_path(workdir)
+    workdir.mkdir(parents=True, exist_ok=True)
+    self._path = workdir / 'metrics.jsonl'
+    if paths.is_url(workdir):  # a resumed run continues the file it finds
+      self._lines = self._path.read_text() if self._path.exists() else ''
+    else:
+      self._jsonl = self._path.open('a')
     from tensorboardX import SummaryWriter
     self._tb = SummaryWriter(str(workdir / 'tensorboard'))
     if progress_bar:
@@ -33,8 +42,13 @@ class MetricsWriter:
     if not self.enabled:
       return
     record = {STEP: int(step), **{k: _plain(v) for k, v in metrics.items()}}
-    self._jsonl.write(json.dumps(record) + '\n')
-    self._jsonl.flush()
+    line = json.dumps(record) + '\n'
+    if self._jsonl is None:
+      self._lines += line
+      self._path.write_text(self._lines)
+    else:
+      self._jsonl.write(line)
+      self._jsonl.flush()
     for key, value in record.items():
       if key != STEP and isinstance(value, (int, float)):
         self._tb.add_scalar(key, value, step)
@@ -57,7 +71,8 @@ class MetricsWriter:
     if self._bar is not None:
       self._bar.close()
     self._tb.close()
-    self._jsonl.close()
+    if self._jsonl is not None:
+      self._jsonl.close()
 
 
 def _plain(v):

@@ -10,14 +10,14 @@ student's checkpoints: it is reloaded at every (re)start.
 from __future__ import annotations
 
 import dataclasses
-import pathlib
 
 import jax
 import jax.numpy as jnp
 import ml_collections
+from etils import epath
 
 from guide_jax import config as config_lib
-from guide_jax import sharding
+from guide_jax import paths, sharding
 from guide_jax.data import tokenizer as tokenizer_lib
 from guide_jax.models import transformer
 from guide_jax.train import checkpointing
@@ -29,7 +29,7 @@ class Teacher:
   params: dict
   shardings: dict
   vocab_path: str
-  workdir: pathlib.Path
+  workdir: epath.Path
 
 
 def is_distillation(cfg: ml_collections.ConfigDict) -> bool:
@@ -43,7 +43,7 @@ def model_config(cfg: ml_collections.ConfigDict, experiment=None) -> ml_collecti
   if cfg.teacher.pretrain:
     return cfg.teacher.pretrain.model
   if cfg.teacher.checkpoint:
-    ckpt = checkpointing.Checkpointer(pathlib.Path(cfg.teacher.checkpoint) / 'checkpoints',
+    ckpt = checkpointing.Checkpointer(paths.workdir_path(cfg.teacher.checkpoint) / 'checkpoints',
                                       1, False)
     step = ckpt.latest_step()
     if step is None:
@@ -56,10 +56,10 @@ def model_config(cfg: ml_collections.ConfigDict, experiment=None) -> ml_collecti
                    'or teacher_config() in its file); this needs a distillation config')
 
 
-def ensure_trained(cfg: ml_collections.ConfigDict, workdir: pathlib.Path, train_fn) -> pathlib.Path:
+def ensure_trained(cfg: ml_collections.ConfigDict, workdir: epath.Path, train_fn) -> epath.Path:
   """The teacher's workdir; with teacher.pretrain, train it first if it is not finished."""
   if cfg.teacher.checkpoint:
-    return pathlib.Path(cfg.teacher.checkpoint)
+    return paths.workdir_path(cfg.teacher.checkpoint)
   teacher_dir = workdir / 'teacher'
   pre = cfg.teacher.pretrain
   latest = checkpointing.Checkpointer(teacher_dir / 'checkpoints', 1, False).latest_step() \
@@ -69,7 +69,7 @@ def ensure_trained(cfg: ml_collections.ConfigDict, workdir: pathlib.Path, train_
   return teacher_dir
 
 
-def load(teacher_dir: pathlib.Path, mesh, rules, dtype: str) -> Teacher:
+def load(teacher_dir: epath.Path, mesh, rules, dtype: str) -> Teacher:
   """Restore the teacher's params onto `mesh` (raises CheckpointError when missing)."""
   ckpt_dir = teacher_dir / 'checkpoints'
   if not ckpt_dir.is_dir():

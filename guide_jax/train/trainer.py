@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import json
 import math
-import pathlib
+import os
 import signal
 import threading
 import time
@@ -24,9 +24,10 @@ import jax
 import jax.numpy as jnp
 import ml_collections
 import optax
+from etils import epath
 
 from guide_jax import config as config_lib
-from guide_jax import guide, losses, sharding
+from guide_jax import guide, losses, paths, sharding
 from guide_jax.data import pipeline
 from guide_jax.models import transformer
 from guide_jax.train import checkpointing, flops, optimizer, steps
@@ -136,10 +137,10 @@ def _like(subset: dict, full: dict) -> dict:
   return {k: _like(v, full[k]) if isinstance(v, dict) else full[k] for k, v in subset.items()}
 
 
-def train(config: ml_collections.ConfigDict, workdir: str | pathlib.Path, *,
+def train(config: ml_collections.ConfigDict, workdir: str | os.PathLike, *,
           interrupt_at_step: int | None = None) -> dict[str, Any]:
   """Run (or resume) training. `interrupt_at_step` simulates a preemption (tests)."""
-  workdir = pathlib.Path(workdir)
+  workdir = paths.workdir_path(workdir)  # a local folder or gs://
   cfg = ml_collections.ConfigDict(config.to_dict())  # never mutate the caller's config
   distill = teacher_lib.is_distillation(cfg)
 
@@ -350,7 +351,7 @@ def _teacher_evals(cfg, teacher, m, data, mesh, rules) -> dict[str, float]:
   return out
 
 
-def _check_same_model(saved: dict, current: dict, where: pathlib.Path) -> None:
+def _check_same_model(saved: dict, current: dict, where: epath.Path) -> None:
   """Refuse to resume a checkpoint of another model or vocabulary (nothing is overwritten)."""
   for key, value in current['model'].items():
     if saved['model'].get(key) != value:
