@@ -8,7 +8,9 @@ config's `topology` field, the smallest slice it is stated to fit), lowers the t
 the trainer runs (teacher forward + student forward/backward + optimizer update, state
 donated) with every argument abstract and sharded as in training, compiles it with
 libtpu, and prints per-chip HBM (arguments, temporaries, outputs, total vs capacity),
-compile time, FLOPs per step from XLA's cost analysis, and a roofline step time and MFU.
+compile time, FLOPs per step from XLA's cost analysis, and a roofline step time and MFU
+(from the whole step's XLA FLOPs and bytes, extrapolated from three small unrolled
+compiles because XLA counts a scanned block once; --nowhole_step skips them).
 Exit status 1 when the step does not fit, with what would make it fit.
 
 Topology names: v4:2x2x1, v5e:4x4 (v5 lite), v5p:4x4x4, v6e:4x4, ... (chips per axis).
@@ -61,7 +63,7 @@ def compile_step(cfg, t_model, devices):
   import jax.numpy as jnp
   from guide_jax import guide, losses, sharding
   from guide_jax.models import transformer
-  from guide_jax.train import optimizer, steps, trainer
+  from guide_jax.train import optimizer, trainer
 
   t_model = t_model.copy_and_resolve_references()
   if cfg.teacher.dtype == 'bfloat16':  # as teacher.load stores and runs it
@@ -74,8 +76,7 @@ def compile_step(cfg, t_model, devices):
     shapes = transformer.abstract_params(model_cfg)
     shardings = sharding.tree_shardings(shapes, transformer.logical_axes(model_cfg), mesh,
                                         rules)
-    return jax.tree.map(lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s),
-                        shapes, shardings), shardings
+    return sharding.abstract(shapes, shardings), shardings
 
   teacher_params, _ = abstract(t_model)
   _, param_shardings = abstract(s_model)
@@ -84,19 +85,14 @@ def compile_step(cfg, t_model, devices):
   # Outside set_mesh: optax builds a placeholder state eagerly, which cannot be placed on
   # the abstract devices of a topology.
   shardings = trainer.state_shardings(param_shardings, tx, student_shapes, mesh)
-  state = jax.tree.map(
-      lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s),
-      jax.eval_shape(lambda p: {'params': p, 'opt_state': tx.init(p),
-                                'step': jnp.zeros((), jnp.int32)}, student_shapes),
-      shardings)
+  state = sharding.abstract(jax.eval_shape(lambda p: trainer.new_state(p, tx), student_shapes),
+                            shardings)
   with jax.set_mesh(mesh), sharding.use_rules(rules):
     layers, _ = guide.guided_layers(t_model, s_model, cfg.guide)
     guided = jax.eval_shape(lambda p: guide.project(p, t_model, s_model, cfg.guide)[0],
                             transformer.abstract_params(t_model))
     theta_hat = guide.selected(guided, cfg.guide.init)
-    theta_hat = jax.tree.map(
-        lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s), theta_hat,
-        trainer._like(theta_hat, param_shardings))
+    theta_hat = sharding.abstract(theta_hat, trainer._like(theta_hat, param_shardings))
     b, s = cfg.data.global_batch_size, cfg.data.seq_len
     batch_sharding = sharding.batch_sharding(mesh, rules)
     batch = {k: jax.ShapeDtypeStruct((b, s), jnp.float32 if k == 'loss_weights' else jnp.int32,
@@ -104,15 +100,49 @@ def compile_step(cfg, t_model, devices):
              for k in ('inputs', 'targets', 'segment_ids', 'positions', 'loss_weights')}
     loss = losses.DistillLoss(cfg.loss, cfg.train.steps, cfg.train.z_loss)
     objective = trainer.distill_objective(s_model, t_model, loss, layers)
-    step = jax.jit(steps.make_train_step(objective, tx, cfg.train.grad_accum,
-                                         optimizer.learning_rate_schedule(cfg.train)),
-                   out_shardings=(shardings, None), donate_argnums=(0,))
+    step = trainer.jit_train_step(objective, tx, cfg.train, shardings)
     start = time.perf_counter()
     compiled = step.lower(state, batch, teacher_params, theta_hat).compile()
     return compiled, time.perf_counter() - start
 
 
-def report(cfg, module, topology: str) -> dict:
+def _xla_cost(compiled) -> tuple[float, float]:
+  """(FLOPs, bytes accessed) per device from XLA's cost analysis."""
+  cost = compiled.cost_analysis()
+  cost = cost[0] if isinstance(cost, (list, tuple)) else cost
+  return float(cost.get('flops', 0.0)), float(cost.get('bytes accessed', 0.0))
+
+
+def whole_step_cost(cfg, t_model, devices) -> tuple[float, float]:
+  """XLA's (FLOPs, bytes accessed) per device for the whole step, every block counted.
+
+  XLA's cost analysis counts a loop body once, so a scanned model reports one block per
+  stack. Blocks of a stack cost the same, so the step's cost is linear in the two depths:
+  cost(S, T) = c + S*s + T*t. Three small unrolled compiles, (S, T) = (1, 1), (1, 2) and
+  (2, 2) student/teacher blocks, give c, s and t; this returns cost(n_layers, teacher's).
+  The micro-batch loop (train.grad_accum > 1) is a loop too: the compiles use one
+  micro-batch and the result is scaled by grad_accum (the optimizer update, outside that
+  loop, is then counted grad_accum times: a small overcount)."""
+  import numpy as np
+  accum = cfg.train.grad_accum
+
+  def cost_at(student_blocks, teacher_blocks):
+    c = cfg.copy_and_resolve_references()
+    c.model.n_layers, c.model.scan_layers = student_blocks, False
+    c.train.grad_accum = 1
+    c.data.global_batch_size = cfg.data.global_batch_size // accum
+    t = t_model.copy_and_resolve_references()
+    t.n_layers, t.scan_layers = teacher_blocks, False
+    return np.array(_xla_cost(compile_step(c, t, devices)[0]))
+
+  c11, c12, c22 = cost_at(1, 1), cost_at(1, 2), cost_at(2, 2)
+  per_teacher_block, per_student_block = c12 - c11, c22 - c12
+  total = (c11 + (cfg.model.n_layers - 1) * per_student_block
+           + (t_model.n_layers - 1) * per_teacher_block) * accum
+  return float(total[0]), float(total[1])
+
+
+def report(cfg, module, topology: str, whole_step: bool = True) -> dict:
   """Compile for `topology` and return the per-chip numbers (see the module docstring)."""
   for key, value in QUIET_LIBTPU.items():
     os.environ.setdefault(key, value)
@@ -131,20 +161,22 @@ def report(cfg, module, topology: str) -> dict:
   t_model = teacher_lib.model_config(cfg, module)
   compiled, compile_s = compile_step(cfg, t_model, devices)
   mem = compiled.memory_analysis()
-  cost = compiled.cost_analysis()
-  cost = cost[0] if isinstance(cost, (list, tuple)) else cost
   total = (mem.argument_size_in_bytes + mem.output_size_in_bytes + mem.temp_size_in_bytes
            - mem.alias_size_in_bytes)
   tokens = cfg.data.global_batch_size * cfg.data.seq_len
   model_flops = tokens * (flops.train_flops_per_token(cfg.model, cfg.data.seq_len) +
                           flops.forward_flops_per_token(t_model, cfg.data.seq_len))
-  # XLA's cost analysis counts a while loop's body once, so with scan over layers its FLOPs
-  # and bytes cover one block of each stack: reported as is, not used for the FLOPs of the
-  # roofline. The roofline takes the analytic model FLOPs per chip at the chip's peak and
-  # XLA's bytes (a lower bound) at its HBM bandwidth; its MFU is an upper bound.
-  xla_flops, xla_bytes = float(cost.get('flops', 0.0)), float(cost.get('bytes accessed', 0.0))
+  # XLA's cost analysis of the scanned step counts each loop body once (one block per
+  # stack): reported as is. The roofline takes the whole step's XLA FLOPs (remat's
+  # recompute included) at the chip's peak and its bytes accessed at the HBM bandwidth,
+  # whichever is slower: an estimate that assumes perfect overlap and no collective cost,
+  # so a lower bound on step time. Without `whole_step` it falls back to the analytic
+  # model FLOPs alone: a compute bound.
+  xla_flops, xla_bytes = _xla_cost(compiled)
   flops_per_device = model_flops / len(devices)
-  roofline_s = max(flops_per_device / peak, xla_bytes / bandwidth)
+  step_flops, step_bytes = (whole_step_cost(cfg, t_model, devices) if whole_step
+                            else (flops_per_device, 0.0))
+  roofline_s = max(step_flops / peak, step_bytes / bandwidth)
   return {
       'topology': topology, 'devices': len(devices), 'device_kind': devices[0].device_kind,
       'compile_s': compile_s,
@@ -154,10 +186,14 @@ def report(cfg, module, topology: str) -> dict:
                      'alias_bytes': mem.alias_size_in_bytes,
                      'total_bytes': total, 'hbm_bytes': hbm,
                      'xla_flops_loop_bodies_once': xla_flops,
-                     'xla_bytes_accessed_loop_bodies_once': xla_bytes},
+                     'xla_bytes_accessed_loop_bodies_once': xla_bytes,
+                     'xla_flops_whole_step': step_flops if whole_step else None,
+                     'xla_bytes_accessed_whole_step': step_bytes if whole_step else None},
       'fits': total <= hbm,
       'model_flops_per_step': model_flops,
       'roofline_step_s': roofline_s,
+      'roofline_bound_by': 'compute' if step_flops / peak >= step_bytes / bandwidth
+                           else 'memory',
       'roofline_mfu': flops_per_device / (peak * roofline_s),
       'tokens_per_step': tokens,
   }
@@ -180,6 +216,8 @@ def define_flags() -> None:
   from ml_collections import config_flags
   config_flags.DEFINE_config_file('config', None, 'A distillation config.')
   flags.DEFINE_string('topology', '', "e.g. v5p:4x4x4; default: the config's `topology`.")
+  flags.DEFINE_bool('whole_step', True, 'Roofline from XLA cost of the whole step (three '
+                    'more small compiles); false: analytic FLOPs only, a compute bound.')
   flags.mark_flag_as_required('config')
 
 
@@ -200,7 +238,7 @@ def main(argv):
   module = sweep.load_module(config_flags.get_config_filename(f['config']).split(':')[0])
   import jax
   try:
-    r = report(cfg, module, topology)
+    r = report(cfg, module, topology, f.whole_step)
   except (ValueError, config_lib.ConfigError) as e:
     print(f'error: {e}', file=sys.stderr)
     sys.exit(2)
@@ -220,7 +258,11 @@ def main(argv):
         f'({r["model_flops_per_step"] / r["devices"] / 1e12:.1f} TFLOP per chip); XLA, loop '
         f'bodies once: {d["xla_flops_loop_bodies_once"] / 1e12:.2f} TFLOP, '
         f'{d["xla_bytes_accessed_loop_bodies_once"] / 1e9:.1f} GB per chip')
-  print(f'roofline: step >= {r["roofline_step_s"]:.3f}s, MFU <= {r["roofline_mfu"]:.1%}, '
+  if d['xla_flops_whole_step'] is not None:
+    print(f'XLA, whole step: {d["xla_flops_whole_step"] / 1e12:.1f} TFLOP, '
+          f'{d["xla_bytes_accessed_whole_step"] / 1e9:.1f} GB accessed per chip')
+  print(f'roofline ({r["roofline_bound_by"]}-bound): step >= {r["roofline_step_s"]:.3f}s, '
+        f'MFU <= {r["roofline_mfu"]:.1%}, '
         f'{r["tokens_per_step"] / r["roofline_step_s"]:,.0f} tokens/s at best')
   print(json.dumps(r))
   if not r['fits']:

@@ -73,7 +73,6 @@ def run_arms(cfg, steps: int, arms: list[str], log=print) -> dict:
   from guide_jax import guide, losses, sharding
   from guide_jax.models import transformer
   from guide_jax.train import flops, optimizer
-  from guide_jax.train import steps as steps_lib
   from guide_jax.train import teacher as teacher_lib
   from guide_jax.train import trainer
 
@@ -105,7 +104,6 @@ def run_arms(cfg, steps: int, arms: list[str], log=print) -> dict:
     theta_hat = guide.selected(guided, cfg.guide.init if cfg.guide.init != 'none' else 'blocks')
     batch = sharding.global_batch_from_local(synthetic_batch(cfg), mesh, rules)
     tx = optimizer.make(cfg.train)
-    schedule = optimizer.learning_rate_schedule(cfg.train)
     state_shardings = trainer.state_shardings(p_shardings, tx,
                                               transformer.abstract_params(s_model), mesh)
 
@@ -117,15 +115,13 @@ def run_arms(cfg, steps: int, arms: list[str], log=print) -> dict:
       loss_cfg.match = losses.weight_config(w_match)
       loss = losses.DistillLoss(loss_cfg, cfg.train.steps)
       objective = trainer.distill_objective(s_model, t_model, loss, layers)
-      step_fn = jax.jit(steps_lib.make_train_step(objective, tx, cfg.train.grad_accum, schedule),
-                        out_shardings=(state_shardings, None), donate_argnums=(0,))
+      step_fn = trainer.jit_train_step(objective, tx, cfg.train, state_shardings)
 
       def init(key, use_guide=use_guide):
         params = transformer.init_params(s_model, key)
         if use_guide:
           params = guide.apply(params, theta_hat, layers)
-        return {'params': params, 'opt_state': tx.init(params),
-                'step': jnp.zeros((), jnp.int32)}
+        return trainer.new_state(params, tx)
       states[arm] = jax.jit(init, out_shardings=state_shardings)(jax.random.key(0))
       start = time.perf_counter()
       compiled[arm] = step_fn.lower(states[arm], batch, teacher_params, theta_hat).compile()
@@ -165,11 +161,9 @@ def compile_times(cfg, depths: list[int]) -> dict[int, float]:
   """Seconds to lower+compile the baseline student train step at each depth (abstract
   inputs: nothing is allocated)."""
   import jax
-  import jax.numpy as jnp
   from guide_jax import sharding
   from guide_jax.models import transformer
   from guide_jax.train import optimizer
-  from guide_jax.train import steps as steps_lib
   from guide_jax.train import trainer
   mesh = sharding.make_mesh(cfg.mesh)
   rules = tuple(cfg.logical_rules)
@@ -180,12 +174,14 @@ def compile_times(cfg, depths: list[int]) -> dict[int, float]:
       m.n_layers = depth
       tx = optimizer.make(cfg.train)
       abstract = transformer.abstract_params(m)
-      state = jax.eval_shape(lambda p: {'params': p, 'opt_state': tx.init(p),
-                                        'step': jnp.zeros((), jnp.int32)}, abstract)
+      shardings = trainer.state_shardings(
+          sharding.tree_shardings(abstract, transformer.logical_axes(m), mesh, rules), tx,
+          abstract, mesh)
+      state = sharding.abstract(jax.eval_shape(lambda p: trainer.new_state(p, tx), abstract),
+                                shardings)
       batch = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype),
                            synthetic_batch(cfg))
-      step = jax.jit(steps_lib.make_train_step(trainer.lm_objective(m, 0.0), tx, 1,
-                                               optimizer.learning_rate_schedule(cfg.train)))
+      step = trainer.jit_train_step(trainer.lm_objective(m, 0.0), tx, cfg.train, shardings)
       start = time.perf_counter()
       step.lower(state, batch).compile()
       out[depth] = time.perf_counter() - start

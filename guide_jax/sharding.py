@@ -109,6 +109,12 @@ def batch_sharding(mesh, rules) -> NamedSharding:
   return NamedSharding(mesh, spec_for(BATCH_AXES, rules))
 
 
+def abstract(shapes, shardings):
+  """ShapeDtypeStructs that carry their shardings: restore targets and AOT inputs."""
+  return jax.tree.map(lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s),
+                      shapes, shardings)
+
+
 def replicated(mesh) -> NamedSharding:
   return NamedSharding(mesh, PartitionSpec())
 

@@ -41,6 +41,44 @@ def test_tiny_distillation_step_compiles_for_a_v5e_slice():
   d = r['per_device']
   assert 0 < d['total_bytes'] <= d['hbm_bytes'] == 16 * 2**30
   assert d['xla_flops_loop_bodies_once'] > 0 and 0 < r['roofline_mfu'] <= 1
+  # lm_tiny's 2 blocks per stack: the whole step costs more than one scanned body
+  assert d['xla_flops_whole_step'] > d['xla_flops_loop_bodies_once']
+  assert r['roofline_bound_by'] in ('compute', 'memory')
+
+
+WHOLE_STEP = """
+import json, os
+from guide_jax import aot
+for key, value in aot.QUIET_LIBTPU.items():
+  os.environ.setdefault(key, value)
+from jax.experimental import topologies
+from guide_jax import sweep
+from guide_jax.train import teacher
+module = sweep.load_module('experiments/guide_tiny.py')
+cfg = module.get_config()
+cfg.model.n_layers, cfg.teacher.pretrain.model.n_layers = 3, 4
+cfg.guide.blocks = 'all'  # MATCH on every student block: a per-block cost too
+devices = topologies.get_topology_desc(platform='tpu', topology_name='v5e:2x2').devices
+t_model = teacher.model_config(cfg, module)
+estimate = aot.whole_step_cost(cfg, t_model, devices)
+cfg.model.scan_layers = False
+t_model.scan_layers = False
+unrolled = aot._xla_cost(aot.compile_step(cfg, t_model, devices)[0])
+print(json.dumps([estimate, unrolled]))
+"""
+
+
+@needs_libtpu
+def test_whole_step_cost_equals_the_unrolled_step():
+  """Extrapolating from (1,1), (1,2), (2,2) blocks gives the 3-block student / 4-block
+  teacher step's cost, as XLA counts it in the fully unrolled compile."""
+  env = {k: v for k, v in os.environ.items() if k not in ('XLA_FLAGS', 'JAX_PLATFORMS')}
+  out = subprocess.run([sys.executable, '-c', WHOLE_STEP], cwd=REPO, env=env,
+                       capture_output=True, text=True, timeout=1200)
+  assert out.returncode == 0, out.stderr[-3000:]
+  (est_flops, est_bytes), (flops, bytes_) = json.loads(out.stdout.strip().splitlines()[-1])
+  assert est_flops == pytest.approx(flops, rel=1e-4)
+  assert est_bytes == pytest.approx(bytes_, rel=1e-4)
 
 
 @needs_libtpu

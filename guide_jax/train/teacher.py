@@ -88,8 +88,7 @@ def load(teacher_dir: epath.Path, mesh, rules, dtype: str) -> Teacher:
   stored = ml_collections.ConfigDict(meta['model'])
   abstract = transformer.abstract_params(stored)
   shardings = sharding.tree_shardings(abstract, transformer.logical_axes(stored), mesh, rules)
-  target = jax.tree.map(lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s),
-                        abstract, shardings)
+  target = sharding.abstract(abstract, shardings)
   params = ckpt.restore_params(step, target)
   ckpt.close()
   if dtype != stored.param_dtype:

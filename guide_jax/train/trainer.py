@@ -49,6 +49,21 @@ def lm_objective(model_cfg: ml_collections.ConfigDict, z_loss: float) -> steps.O
   return objective
 
 
+def new_state(params, tx) -> dict:
+  """A fresh train state: the params, their optimizer state, and step 0."""
+  return {'params': params, 'opt_state': tx.init(params), 'step': jnp.zeros((), jnp.int32)}
+
+
+def jit_train_step(objective, tx, train_cfg, state_shardings, in_shardings=None):
+  """The train step as every caller compiles it (trainer, bench, aot): the state is
+  donated, so params update in place, and stays on `state_shardings`. `in_shardings`
+  (batch, then the objective's extra inputs) pins those inputs too."""
+  step = steps.make_train_step(objective, tx, train_cfg.grad_accum,
+                               optimizer.learning_rate_schedule(train_cfg))
+  pinned = {} if in_shardings is None else {'in_shardings': (state_shardings, *in_shardings)}
+  return jax.jit(step, out_shardings=(state_shardings, None), donate_argnums=(0,), **pinned)
+
+
 def state_shardings(params_shardings, tx, abstract_params, mesh):
   """Shardings of {'params', 'opt_state', 'step'}: optimizer moments follow their param."""
   abstract_opt = jax.eval_shape(tx.init, abstract_params)
@@ -184,12 +199,10 @@ def train(config: ml_collections.ConfigDict, workdir: str | os.PathLike, *,
 
     # 5. Optimizer over the student's parameters only.
     tx = optimizer.make(cfg.train)
-    schedule = optimizer.learning_rate_schedule(cfg.train)
     shardings = state_shardings(param_shardings, tx, abstract_params, mesh)
 
     def _init_state(key):
-      params = transformer.init_params(model_cfg, key)
-      return {'params': params, 'opt_state': tx.init(params), 'step': jnp.zeros((), jnp.int32)}
+      return new_state(transformer.init_params(model_cfg, key), tx)
 
     init_state = jax.jit(_init_state, out_shardings=shardings)
 
@@ -216,9 +229,8 @@ def train(config: ml_collections.ConfigDict, workdir: str | os.PathLike, *,
     latest = ckpt.latest_step()
     if latest is not None:
       _check_same_model(ckpt.restore_meta(latest), meta, ckpt.directory / str(latest))
-      abstract_state = jax.tree.map(
-          lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s),
-          jax.eval_shape(_init_state, jax.random.key(0)), shardings)
+      abstract_state = sharding.abstract(jax.eval_shape(_init_state, jax.random.key(0)),
+                                         shardings)
       state, data_state = ckpt.restore(latest, abstract_state)
       data.train.set_state(data_state)
     else:
@@ -240,10 +252,8 @@ def train(config: ml_collections.ConfigDict, workdir: str | os.PathLike, *,
     else:
       objective = lm_objective(model_cfg, cfg.train.z_loss)
       extra, extra_shardings = (), ()
-    train_step = jax.jit(
-        steps.make_train_step(objective, tx, cfg.train.grad_accum, schedule),
-        in_shardings=(shardings, batch_shardings, *extra_shardings),
-        out_shardings=(shardings, None), donate_argnums=(0,))
+    train_step = jit_train_step(objective, tx, cfg.train, shardings,
+                                (batch_shardings, *extra_shardings))
     eval_step = jax.jit(steps.make_eval_step(objective),
                         in_shardings=(param_shardings, batch_shardings, *extra_shardings))
 
