@@ -55,30 +55,32 @@ from jax.experimental import topologies
 from guide_jax import sweep
 from guide_jax.train import teacher
 module = sweep.load_module('experiments/guide_tiny.py')
-cfg = module.get_config()
-cfg.model.n_layers, cfg.teacher.pretrain.model.n_layers = 3, 4
-cfg.guide.blocks = 'all'  # MATCH on every student block: a per-block cost too
 devices = topologies.get_topology_desc(platform='tpu', topology_name='v5e:2x2').devices
-t_model = teacher.model_config(cfg, module)
-estimate = aot.whole_step_cost(cfg, t_model, devices)
-cfg.model.scan_layers = False
-t_model.scan_layers = False
-unrolled = aot._xla_cost(aot.compile_step(cfg, t_model, devices)[0])
-print(json.dumps([estimate, unrolled]))
+out = []
+for student_blocks in (2, 3):
+  cfg = module.get_config()
+  cfg.model.n_layers, cfg.teacher.pretrain.model.n_layers = student_blocks, 6
+  cfg.guide.blocks = 'all'  # MATCH on every student block: a per-block cost too
+  t_model = teacher.model_config(cfg, module)
+  estimate = aot.whole_step_cost(cfg, t_model, devices)
+  cfg.model.scan_layers = t_model.scan_layers = False
+  out.append([estimate, aot._xla_cost(aot.compile_step(cfg, t_model, devices)[0])])
+print(json.dumps(out))
 """
 
 
 @needs_libtpu
-def test_whole_step_cost_equals_the_unrolled_step():
-  """Extrapolating from (1,1), (1,2), (2,2) blocks gives the 3-block student / 4-block
-  teacher step's cost, as XLA counts it in the fully unrolled compile."""
+def test_whole_step_flops_extrapolate_to_the_unrolled_step():
+  """A 6-block teacher's step from 2- and 3-block compiles: the FLOPs equal those of the
+  fully unrolled compile, for a 2-block student and (using the per-student-block cost)
+  a 3-block one. Bytes accessed are an estimate (see whole_step_cost): not compared."""
   env = {k: v for k, v in os.environ.items() if k not in ('XLA_FLAGS', 'JAX_PLATFORMS')}
   out = subprocess.run([sys.executable, '-c', WHOLE_STEP], cwd=REPO, env=env,
                        capture_output=True, text=True, timeout=1200)
   assert out.returncode == 0, out.stderr[-3000:]
-  (est_flops, est_bytes), (flops, bytes_) = json.loads(out.stdout.strip().splitlines()[-1])
-  assert est_flops == pytest.approx(flops, rel=1e-4)
-  assert est_bytes == pytest.approx(bytes_, rel=1e-4)
+  for (est_flops, est_bytes), (flops, _) in json.loads(out.stdout.strip().splitlines()[-1]):
+    assert est_flops == pytest.approx(flops, rel=1e-5)
+    assert est_bytes > 0
 
 
 @needs_libtpu
