@@ -73,16 +73,12 @@ def compile_step(cfg, t_model, devices):
   mesh = sharding.make_mesh(cfg.mesh, devices)
   rules = tuple(cfg.logical_rules)
 
-  def abstract(model_cfg):
-    shapes = transformer.abstract_params(model_cfg)
-    shardings = sharding.tree_shardings(shapes, transformer.logical_axes(model_cfg), mesh,
-                                        rules)
-    return sharding.abstract(shapes, shardings), shardings
-
-  teacher_params, _ = abstract(t_model)
-  _, param_shardings = abstract(s_model)
+  teacher_shapes, teacher_shardings = transformer.abstract_params_and_shardings(
+      t_model, mesh, rules)
+  teacher_params = sharding.abstract(teacher_shapes, teacher_shardings)
+  student_shapes, param_shardings = transformer.abstract_params_and_shardings(
+      s_model, mesh, rules)
   tx = optimizer.make(cfg.train)
-  student_shapes = transformer.abstract_params(s_model)
   # Outside set_mesh: optax builds a placeholder state eagerly, which cannot be placed on
   # the abstract devices of a topology.
   shardings = trainer.state_shardings(param_shardings, tx, student_shapes, mesh)
@@ -91,7 +87,7 @@ def compile_step(cfg, t_model, devices):
   with jax.set_mesh(mesh), sharding.use_rules(rules):
     layers, _ = guide.guided_layers(t_model, s_model, cfg.guide)
     guided = jax.eval_shape(lambda p: guide.project(p, t_model, s_model, cfg.guide)[0],
-                            transformer.abstract_params(t_model))
+                            teacher_shapes)
     theta_hat = guide.selected(guided, cfg.guide.init)
     theta_hat = sharding.abstract(theta_hat, trainer._like(theta_hat, param_shardings))
     b, s = cfg.data.global_batch_size, cfg.data.seq_len

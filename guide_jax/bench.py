@@ -91,10 +91,8 @@ def run_arms(cfg, steps: int, arms: list[str], log=print) -> dict:
       f'GFLOP/step (train), teacher {teacher_flops / 1e9:.2f} GFLOP/step (forward)')
 
   with jax.set_mesh(mesh), sharding.use_rules(rules):
-    def shardings_of(model_cfg):
-      return sharding.tree_shardings(transformer.abstract_params(model_cfg),
-                                     transformer.logical_axes(model_cfg), mesh, rules)
-    t_shardings, p_shardings = shardings_of(t_model), shardings_of(s_model)
+    _, t_shardings = transformer.abstract_params_and_shardings(t_model, mesh, rules)
+    s_shapes, p_shardings = transformer.abstract_params_and_shardings(s_model, mesh, rules)
     teacher_params = jax.jit(lambda k: transformer.init_params(t_model, k),
                              out_shardings=t_shardings)(jax.random.key(1))
     if t_model.dtype == 'bfloat16' or cfg.teacher.dtype == 'bfloat16':
@@ -104,8 +102,7 @@ def run_arms(cfg, steps: int, arms: list[str], log=print) -> dict:
     theta_hat = guide.selected(guided, cfg.guide.init if cfg.guide.init != 'none' else 'blocks')
     batch = sharding.global_batch_from_local(synthetic_batch(cfg), mesh, rules)
     tx = optimizer.make(cfg.train)
-    state_shardings = trainer.state_shardings(p_shardings, tx,
-                                              transformer.abstract_params(s_model), mesh)
+    state_shardings = trainer.state_shardings(p_shardings, tx, s_shapes, mesh)
 
     compiled, states, results = {}, {}, {}
     for arm in arms:
@@ -173,10 +170,8 @@ def compile_times(cfg, depths: list[int]) -> dict[int, float]:
       m = cfg.model.copy_and_resolve_references()
       m.n_layers = depth
       tx = optimizer.make(cfg.train)
-      abstract = transformer.abstract_params(m)
-      shardings = trainer.state_shardings(
-          sharding.tree_shardings(abstract, transformer.logical_axes(m), mesh, rules), tx,
-          abstract, mesh)
+      abstract, param_shardings = transformer.abstract_params_and_shardings(m, mesh, rules)
+      shardings = trainer.state_shardings(param_shardings, tx, abstract, mesh)
       state = sharding.abstract(jax.eval_shape(lambda p: trainer.new_state(p, tx), abstract),
                                 shardings)
       batch = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype),

@@ -2,7 +2,7 @@
 
 Multi-host slices need a workdir every host sees, which on Cloud TPU means a gs:// bucket;
 orbax already writes there (tensorstore for arrays, etils.epath for the rest), so the
-trainer's own files (config.json, metrics.jsonl, final.json) go through epath as well.
+trainer's own files (config.json, metrics.jsonl) go through epath as well.
 """
 
 from __future__ import annotations

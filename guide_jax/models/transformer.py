@@ -303,6 +303,12 @@ def abstract_params(cfg: ml_collections.ConfigDict) -> dict:
   return nnx.to_pure_dict(_graphdef_and_abstract(_key(cfg))[1])
 
 
+def abstract_params_and_shardings(cfg: ml_collections.ConfigDict, mesh, rules):
+  """(abstract_params(cfg), their NamedShardings on `mesh` under the logical `rules`)."""
+  shapes = abstract_params(cfg)
+  return shapes, sharding.tree_shardings(shapes, logical_axes(cfg), mesh, rules)
+
+
 def logical_axes(cfg: ml_collections.ConfigDict) -> dict:
   """Nested dict (same structure as the params) of logical axis-name tuples."""
   state = _graphdef_and_abstract(_key(cfg))[1]

@@ -43,13 +43,10 @@ def model_config(cfg: ml_collections.ConfigDict, experiment=None) -> ml_collecti
   if cfg.teacher.pretrain:
     return cfg.teacher.pretrain.model
   if cfg.teacher.checkpoint:
-    ckpt = checkpointing.Checkpointer(paths.workdir_path(cfg.teacher.checkpoint) / 'checkpoints',
-                                      1, False)
-    step = ckpt.latest_step()
-    if step is None:
-      raise checkpointing.CheckpointError(
-          f'teacher.checkpoint={cfg.teacher.checkpoint!r} holds no checkpoint')
-    return ml_collections.ConfigDict(ckpt.restore_meta(step)['model'])
+    ckpt, step = _latest_checkpoint(paths.workdir_path(cfg.teacher.checkpoint))
+    meta = ckpt.restore_meta(step)
+    ckpt.close()
+    return ml_collections.ConfigDict(meta['model'])
   if experiment is not None and hasattr(experiment, 'teacher_config'):
     return experiment.teacher_config().model
   raise ValueError('the config names no teacher (teacher.pretrain or teacher.checkpoint, '
@@ -69,8 +66,8 @@ def ensure_trained(cfg: ml_collections.ConfigDict, workdir: epath.Path, train_fn
   return teacher_dir
 
 
-def load(teacher_dir: epath.Path, mesh, rules, dtype: str) -> Teacher:
-  """Restore the teacher's params onto `mesh` (raises CheckpointError when missing)."""
+def _latest_checkpoint(teacher_dir: epath.Path):
+  """(Checkpointer, latest step) of a teacher's workdir; CheckpointError when it has none."""
   ckpt_dir = teacher_dir / 'checkpoints'
   if not ckpt_dir.is_dir():
     raise checkpointing.CheckpointError(
@@ -81,15 +78,19 @@ def load(teacher_dir: epath.Path, mesh, rules, dtype: str) -> Teacher:
   if step is None:
     raise checkpointing.CheckpointError(
         f'teacher.checkpoint={str(teacher_dir)!r} holds no finished checkpoint')
+  return ckpt, step
+
+
+def load(teacher_dir: epath.Path, mesh, rules, dtype: str) -> Teacher:
+  """Restore the teacher's params onto `mesh` (raises CheckpointError when missing)."""
+  ckpt, step = _latest_checkpoint(teacher_dir)
   meta = ckpt.restore_meta(step)
   model = ml_collections.ConfigDict(meta['model'])
   model.param_dtype = dtype
   model.dtype = dtype if dtype == 'bfloat16' else model.dtype
   stored = ml_collections.ConfigDict(meta['model'])
-  abstract = transformer.abstract_params(stored)
-  shardings = sharding.tree_shardings(abstract, transformer.logical_axes(stored), mesh, rules)
-  target = sharding.abstract(abstract, shardings)
-  params = ckpt.restore_params(step, target)
+  abstract, shardings = transformer.abstract_params_and_shardings(stored, mesh, rules)
+  params = ckpt.restore_params(step, sharding.abstract(abstract, shardings))
   ckpt.close()
   if dtype != stored.param_dtype:
     params = jax.jit(lambda p: jax.tree.map(lambda x: x.astype(jnp.dtype(dtype)), p),

@@ -193,9 +193,8 @@ def train(config: ml_collections.ConfigDict, workdir: str | os.PathLike, *,
 
     # 4. Student parameters, created directly sharded by jit's out_shardings.
     model_cfg = cfg.model
-    abstract_params = transformer.abstract_params(model_cfg)
-    param_shardings = sharding.tree_shardings(
-        abstract_params, transformer.logical_axes(model_cfg), mesh, rules)
+    abstract_params, param_shardings = transformer.abstract_params_and_shardings(
+        model_cfg, mesh, rules)
 
     # 5. Optimizer over the student's parameters only.
     tx = optimizer.make(cfg.train)
