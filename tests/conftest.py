@@ -1,5 +1,6 @@
 """8 fake CPU devices before JAX initialises, and an isolated tokenizer/token cache."""
 
+import json
 import os
 import sys
 import tempfile
@@ -15,6 +16,17 @@ import pytest  # noqa: E402
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, REPO)
+
+
+def read_metrics(workdir):
+  """Every record of a run's metrics.jsonl."""
+  with open(os.path.join(workdir, 'metrics.jsonl')) as f:
+    return [json.loads(line) for line in f]
+
+
+def train_losses(workdir):
+  """{step: train loss} of a run."""
+  return {r['step']: r['train/loss'] for r in read_metrics(workdir) if 'train/loss' in r}
 
 
 def load_experiment(name: str):

@@ -9,8 +9,7 @@ import sys
 import numpy as np
 import pytest
 
-from conftest import REPO
-from test_trainer import read_metrics
+from conftest import REPO, train_losses
 
 WORKER = os.path.join(REPO, 'tests', 'mp_worker.py')
 
@@ -40,10 +39,6 @@ def _run(nproc, devices_per_process, workdir, tmp_path, tag, interrupt_at=None):
   return [json.loads(o.read_text()) for o in outs]
 
 
-def _losses(workdir):
-  return {r['step']: r['train/loss'] for r in read_metrics(workdir) if 'train/loss' in r}
-
-
 @pytest.mark.slow  # ~2-3 minutes: three trainer runs in subprocesses
 def test_two_processes_match_one_and_resume(tmp_path):
   single = tmp_path / 'single'
@@ -62,7 +57,7 @@ def test_two_processes_match_one_and_resume(tmp_path):
   assert sorted(os.listdir(multi / 'teacher' / 'checkpoints')) == ['3', '4']
 
   # The loss trajectory equals the single-process run on the same 4-device mesh.
-  expected, got = _losses(single), _losses(multi)
+  expected, got = train_losses(single), train_losses(multi)
   assert sorted(got) == list(range(1, 7))
   np.testing.assert_allclose([got[s] for s in sorted(got)],
                              [expected[s] for s in sorted(got)], rtol=0, atol=1e-5)

@@ -3,14 +3,14 @@
 No bucket is reachable from here, so gs:// is redirected into a temporary folder with
 etils' own epath mock, which records every mode a file is opened in."""
 
-import json
-
 import pytest
 from etils import epath
 from etils.epath import testing as epath_testing
 
 from guide_jax import paths
 from guide_jax.train import metrics as metrics_lib
+
+from conftest import read_metrics
 
 
 def test_workdir_path_keeps_urls_and_makes_local_paths_absolute(tmp_path, monkeypatch):
@@ -68,9 +68,7 @@ def test_metrics_on_a_bucket_are_rewritten_whole_and_survive_a_resume(tmp_path, 
   resumed.write(3, {'train/loss': 2.0})
   resumed.close()
 
-  records = [json.loads(line) for line in
-             (tmp_path / 'run' / 'metrics.jsonl').read_text().splitlines()]
-  assert records == [{'step': 1, 'train/loss': 3.0}, {'step': 2, 'train/loss': 2.5},
+  assert read_metrics(tmp_path / 'run') == [{'step': 1, 'train/loss': 3.0}, {'step': 2, 'train/loss': 2.5},
                      {'step': 3, 'train/loss': 2.0}]
   assert fake_bucket and not any('a' in mode for mode in fake_bucket)  # object stores can't
 
@@ -80,6 +78,4 @@ def test_local_metrics_append(tmp_path):
     writer = metrics_lib.MetricsWriter(tmp_path, 4, step - 1, progress_bar=False)
     writer.write(step, {'train/loss': float(step)})
     writer.close()
-  steps = [json.loads(line)['step'] for line in
-           (tmp_path / 'metrics.jsonl').read_text().splitlines()]
-  assert steps == [1, 2]
+  assert [r['step'] for r in read_metrics(tmp_path)] == [1, 2]

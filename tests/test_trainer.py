@@ -1,4 +1,3 @@
-import json
 import os
 import subprocess
 import sys
@@ -10,16 +9,7 @@ import pytest
 from guide_jax import config as config_lib
 from guide_jax.train import checkpointing, trainer
 
-from conftest import REPO
-
-
-def read_metrics(workdir):
-  with open(os.path.join(workdir, 'metrics.jsonl')) as f:
-    return [json.loads(line) for line in f]
-
-
-def train_losses(workdir):
-  return {r['step']: r['train/loss'] for r in read_metrics(workdir) if 'train/loss' in r}
+from conftest import REPO, read_metrics, train_losses
 
 
 @pytest.fixture

@@ -12,6 +12,8 @@ import pytest
 
 from guide_jax.data import tokenizer
 
+from conftest import read_metrics
+
 REPO = pathlib.Path(__file__).resolve().parent.parent
 XM_PYTHON = pathlib.Path(os.environ.get('GUIDE_JAX_XM_PYTHON',
                                         REPO / '.venv-xm' / 'bin' / 'python'))
@@ -29,15 +31,14 @@ def launch(tmp_path, *args):
                         timeout=600)
 
 
-def last_eval(workdir):
-  records = [json.loads(line) for line in (workdir / 'metrics.jsonl').read_text().splitlines()]
-  return [r for r in records if 'eval/loss' in r][-1]
+def launch_seeds_locally(tmp_path, override):
+  """lm_tiny's two-run `seeds` sweep on the local executor, into tmp_path/runs."""
+  return launch(tmp_path, '--config=experiments/lm_tiny.py', '--sweep=seeds',
+                f'--workdir={tmp_path / "runs"}', '--executor=local', f'--override={override}')
 
 
 def test_local_executor_runs_a_two_run_sweep_and_waits(tmp_path):
-  out = launch(tmp_path, '--config=experiments/lm_tiny.py', '--sweep=seeds',
-               f'--workdir={tmp_path / "runs"}', '--executor=local',
-               '--override=--config.train.progress_bar=False')
+  out = launch_seeds_locally(tmp_path, '--config.train.progress_bar=False')
   assert out.returncode == 0, out.stderr[-3000:]
   assert '2 work units' in out.stdout
   finals = {}
@@ -46,15 +47,13 @@ def test_local_executor_runs_a_two_run_sweep_and_waits(tmp_path):
     # Both finished before the launcher returned: final checkpoint and eval are there.
     assert sorted(os.listdir(workdir / 'checkpoints')) == ['10', '20']
     assert json.loads((workdir / 'config.json').read_text())['train']['seed'] == seed
-    finals[seed] = last_eval(workdir)
+    finals[seed] = [r for r in read_metrics(workdir) if 'eval/loss' in r][-1]
     assert finals[seed]['step'] == 20
   assert finals[0]['eval/loss'] != finals[1]['eval/loss']  # the seed override reached the job
 
 
 def test_local_executor_reports_failed_runs(tmp_path):
-  out = launch(tmp_path, '--config=experiments/lm_tiny.py', '--sweep=seeds',
-               f'--workdir={tmp_path / "runs"}', '--executor=local',
-               '--override=--config.train.steps=0')
+  out = launch_seeds_locally(tmp_path, '--config.train.steps=0')
   assert out.returncode == 1, out.stderr[-3000:]
   assert 'error: 2 of 2 runs failed: seed0, seed1' in out.stderr
 
