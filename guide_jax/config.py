@@ -17,6 +17,18 @@ class ConfigError(ValueError):
   """A config that cannot work. The message names the field and the fix."""
 
 
+# Hugging Face families a model can follow (guide_jax.hf.families maps each); '' = native.
+FAMILIES = ('', 'gpt2', 'llama', 'mistral', 'qwen2', 'qwen3', 'gemma')
+
+
+def complete_model(saved: dict) -> ml_collections.ConfigDict:
+  """A model config saved by an older version, with the fields added since at their
+  defaults (which reproduce the old architecture)."""
+  m = model_config()
+  m.update(saved)
+  return m
+
+
 def model_config() -> ml_collections.ConfigDict:
   m = ml_collections.ConfigDict()
   m.vocab_size = 4096        # tokens; must equal the tokenizer's size
@@ -31,10 +43,22 @@ def model_config() -> ml_collections.ConfigDict:
   m.rope_base = 10000.0      # RoPE frequency base
   m.norm = 'rmsnorm'         # 'rmsnorm' or 'layernorm'
   m.norm_eps = 1e-6          # norm epsilon
-  m.mlp = 'swiglu'           # 'gelu' or 'swiglu'
+  m.mlp = 'swiglu'           # 'gelu' (tanh GELU), 'swiglu' (SiLU-gated) or 'geglu' (GELU-gated)
   m.tie_embeddings = True    # output layer = E^T (else an untied W_U)
   m.scale_embeddings = False # x0 = sqrt(d) * E[z] (Gemma style) instead of E[z]
   m.use_bias = False         # biases on the attention and MLP projections
+  m.qkv_bias = False         # biases on q/k/v only (Qwen2); implied by use_bias
+  m.qk_norm = False          # RMSNorm over each head's q and k before RoPE (Qwen3)
+  m.norm_scale_offset = 0.0  # norm gain = offset + scale: 0 (usual) or 1 (Gemma's 1 + w)
+  m.rope_scaling = 'none'    # 'none' or 'llama3' (Llama 3.1+ frequency rescaling, below)
+  m.rope_scaling_factor = 8.0      # llama3: slow-down of the long wavelengths
+  m.rope_low_freq_factor = 1.0     # llama3: wavelengths > original/low are scaled fully
+  m.rope_high_freq_factor = 4.0    # llama3: wavelengths < original/high are kept
+  m.rope_original_max_len = 8192   # llama3: the context the frequencies were trained for
+  m.sliding_window = 0       # attention window (Mistral); 0 = none. Sequences longer than
+                             # the window are refused, not computed with full attention
+  m.family = ''              # Hugging Face family ('gpt2', 'llama', 'mistral', 'qwen2',
+                             # 'qwen3', 'gemma') the model follows; '' = native (export infers)
   m.init_std = 0.02          # std of the normal init (output projections scaled by depth)
   m.param_dtype = 'float32'  # storage dtype of parameters (and optimizer state)
   m.dtype = 'float32'        # compute dtype of matmuls ('bfloat16': f32 accumulation)
@@ -126,7 +150,21 @@ def validate_model(m: ml_collections.ConfigDict, prefix: str = 'model') -> None:
            f'{prefix}.head_dim={m.head_dim} must be even with rope (rotary pairs)')
   _require(m.norm in ('rmsnorm', 'layernorm'),
            f"{prefix}.norm={m.norm!r} must be 'rmsnorm' or 'layernorm'")
-  _require(m.mlp in ('gelu', 'swiglu'), f"{prefix}.mlp={m.mlp!r} must be 'gelu' or 'swiglu'")
+  _require(m.mlp in ('gelu', 'swiglu', 'geglu'),
+           f"{prefix}.mlp={m.mlp!r} must be 'gelu', 'swiglu' or 'geglu'")
+  _require(m.norm_scale_offset in (0.0, 1.0),
+           f'{prefix}.norm_scale_offset={m.norm_scale_offset} must be 0 or 1')
+  _require(m.rope_scaling in ('none', 'llama3'),
+           f"{prefix}.rope_scaling={m.rope_scaling!r} must be 'none' or 'llama3'")
+  _require(m.rope_scaling == 'none' or m.position == 'rope',
+           f"{prefix}.rope_scaling={m.rope_scaling!r} needs {prefix}.position='rope'")
+  if m.rope_scaling == 'llama3':
+    _require(m.rope_scaling_factor > 0 and m.rope_original_max_len > 0
+             and 0 < m.rope_low_freq_factor < m.rope_high_freq_factor,
+             f'{prefix}.rope_scaling_factor/rope_original_max_len must be positive and '
+             f'0 < rope_low_freq_factor < rope_high_freq_factor')
+  _require(m.sliding_window >= 0, f'{prefix}.sliding_window={m.sliding_window} must be >= 0')
+  _require(m.family in FAMILIES, f'{prefix}.family={m.family!r} must be one of {FAMILIES}')
   _require(m.remat in ('none', 'full', 'dots', 'dots_saveable'),
            f"{prefix}.remat={m.remat!r} must be one of none, full, dots, dots_saveable")
   for name in ('param_dtype', 'dtype'):
@@ -146,6 +184,10 @@ def validate(c: ml_collections.ConfigDict, num_devices: int, num_processes: int 
   _require(c.model.max_len >= d.seq_len,
            f'model.max_len={c.model.max_len} is smaller than data.seq_len={d.seq_len}; '
            f'raise model.max_len or lower data.seq_len')
+  _require(not c.model.sliding_window or d.seq_len <= c.model.sliding_window,
+           f'data.seq_len={d.seq_len} exceeds model.sliding_window={c.model.sliding_window} '
+           f'(sliding-window attention is not implemented); lower data.seq_len to at most '
+           f'the window')
   _require(d.global_batch_size > 0, f'data.global_batch_size={d.global_batch_size} must be positive')
   _require(0 < d.validation_percent < 100,
            f'data.validation_percent={d.validation_percent} must be in (0, 100)')

@@ -92,10 +92,13 @@ def test_full_width_student_reproduces_teacher_logits(position, kv, mlp):
   np.testing.assert_allclose(ls, lt, atol=1e-4, rtol=1e-4)
 
 
-def test_rope_head_width_selection_keeps_teacher_frequencies():
-  """l_T = 2 l_S: the student's rotated q/k equal the teacher's on the selected pairs."""
-  t = model(position='rope', head_dim=16)
-  s = model(position='rope', head_dim=8)
+@pytest.mark.parametrize('scaling', ['none', 'llama3'])
+def test_rope_head_width_selection_keeps_teacher_frequencies(scaling):
+  """l_T = 2 l_S: the student's rotated q/k equal the teacher's on the selected pairs,
+  also under Llama 3's frequency rescaling (original length 64: all three of its bands)."""
+  rope = dict(position='rope', rope_scaling=scaling, rope_original_max_len=64)
+  t = model(head_dim=16, **rope)
+  s = model(head_dim=8, **rope)
   tp = random_teacher(t)
   sp, _, _ = student_from(tp, t, s, guide_cfg())  # d_S == d_T: M is square
   dims = guide.head_dim_selection(t, s)
@@ -105,9 +108,9 @@ def test_rope_head_width_selection_keeps_teacher_frequencies():
   u_t = T.layer(0).norm1(T.embed_inputs(tokens, pos))
   u_s = S.layer(0).norm1(S.embed_inputs(tokens, pos))
   q_t = transformer.apply_rope(jnp.einsum('btd,dhl->bthl', u_t, tp['blocks']['attn']['wq'][0]),
-                               pos, t.rope_base)
+                               pos, t)
   q_s = transformer.apply_rope(jnp.einsum('btd,dhl->bthl', u_s, sp['blocks']['attn']['wq'][0]),
-                               pos, s.rope_base)
+                               pos, s)
   np.testing.assert_allclose(q_s, q_t[..., dims], atol=1e-4, rtol=1e-4)
 
 

@@ -151,11 +151,16 @@ def build(config: ml_collections.ConfigDict) -> Data:
 def load_vocabulary(config, corpus: embedded.EmbeddedCorpus,
                     cache: pathlib.Path) -> tokenizer_lib.Vocabulary:
   if config.data.tokenizer:
-    vocab = tokenizer_lib.Vocabulary(config.data.tokenizer)
+    vocab = tokenizer_lib.load(config.data.tokenizer)
   else:
     vocab = tokenizer_lib.train_or_load(corpus.train_lines, corpus.fingerprint,
                                         config.model.vocab_size, cache)
-  if vocab.size != config.model.vocab_size:
+  if isinstance(vocab, tokenizer_lib.HFVocabulary):
+    # Pretrained models often pad the embedding table beyond the tokenizer (Qwen): fine.
+    if vocab.size > config.model.vocab_size:
+      raise ValueError(f'model.vocab_size={config.model.vocab_size} is smaller than the '
+                       f'tokenizer {vocab.path} ({vocab.size} tokens); raise model.vocab_size')
+  elif vocab.size != config.model.vocab_size:
     raise ValueError(f'model.vocab_size={config.model.vocab_size} but the tokenizer '
                      f'{vocab.path} has {vocab.size} pieces; set model.vocab_size={vocab.size}')
   return vocab

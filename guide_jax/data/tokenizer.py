@@ -1,6 +1,9 @@
-"""SentencePiece vocabulary: trained offline on the embedded corpus, cached, reused.
+"""Vocabularies: SentencePiece (trained offline on the embedded corpus, cached, reused) or a
+Hugging Face `tokenizer.json` (a pretrained teacher's), behind one interface:
+`path`, `fingerprint`, `size`, `eos_id`, `encode`, `encode_batch`, `decode`.
+`load(path)` picks the kind from the path.
 
-Ids follow the T5/seqio convention (pad 0, eos 1, unk 2) so the same .model file works
+SentencePiece ids follow the T5/seqio convention (pad 0, eos 1, unk 2) so the same .model file works
 as a `seqio.SentencePieceVocabulary`. Newlines are a piece of their own and whitespace is
 kept verbatim (identity normalisation), so decoded Python code round-trips exactly.
 """
@@ -8,6 +11,7 @@ kept verbatim (identity normalisation), so decoded Python code round-trips exact
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 import pathlib
 import shutil
@@ -45,6 +49,72 @@ class Vocabulary:
 
   def decode(self, ids) -> str:
     return self._sp.decode([int(i) for i in ids])
+
+
+class HFVocabulary:
+  """A Hugging Face `tokenizer.json` (through the `tokenizers` library, no transformers).
+
+  Special tokens follow the tokenizer's own convention: `encode` applies its
+  post-processor (Llama's and Gemma's add BOS; GPT-2's and Qwen's add nothing); the data
+  pipeline then ends every document with EOS, read from tokenizer_config.json's
+  `eos_token` or config.json's `eos_token_id` beside the file.
+  """
+
+  def __init__(self, path: str | os.PathLike):
+    from tokenizers import Tokenizer
+    self.path = str(path)
+    if os.path.isdir(self.path):
+      self.path = os.path.join(self.path, 'tokenizer.json')
+    if not os.path.isfile(self.path):
+      raise FileNotFoundError(f'tokenizer {self.path!r} does not exist')
+    with open(self.path, 'rb') as f:
+      data = f.read()
+    self.fingerprint = hashlib.sha256(data).hexdigest()[:16]
+    try:
+      self._tok = Tokenizer.from_str(data.decode())
+    except Exception as e:  # tokenizers raises a bare Exception for a malformed file
+      raise ValueError(f'{self.path} is not a Hugging Face tokenizer.json ({e})') from None
+    self.size = self._tok.get_vocab_size(with_added_tokens=True)
+    self.eos_id = self._find_eos()
+
+  def _find_eos(self) -> int:
+    folder = os.path.dirname(self.path)
+    tok_cfg = os.path.join(folder, 'tokenizer_config.json')
+    if os.path.isfile(tok_cfg):
+      with open(tok_cfg) as f:
+        eos = json.load(f).get('eos_token')
+      if isinstance(eos, dict):
+        eos = eos.get('content')
+      if eos and self._tok.token_to_id(eos) is not None:
+        return self._tok.token_to_id(eos)
+    for name in ('generation_config.json', 'config.json'):
+      if os.path.isfile(os.path.join(folder, name)):
+        with open(os.path.join(folder, name)) as f:
+          eos = json.load(f).get('eos_token_id')
+        if isinstance(eos, list):
+          eos = eos[0] if eos else None
+        if isinstance(eos, int):
+          return eos
+    raise ValueError(f'{self.path}: no EOS token found (tokenizer_config.json eos_token or '
+                     f'config.json eos_token_id beside it); documents need a separator')
+
+  def encode(self, text: str) -> list[int]:
+    return self._tok.encode(text).ids
+
+  def encode_batch(self, texts: list[str]) -> list[list[int]]:
+    return [e.ids for e in self._tok.encode_batch(texts)]
+
+  def decode(self, ids) -> str:
+    return self._tok.decode([int(i) for i in ids], skip_special_tokens=False)
+
+
+def is_hf_tokenizer(path: str) -> bool:
+  return str(path).endswith('.json') or os.path.isdir(path)
+
+
+def load(path: str | os.PathLike) -> Vocabulary | HFVocabulary:
+  """A SentencePiece `.model` or a Hugging Face `tokenizer.json` (or its directory)."""
+  return HFVocabulary(path) if is_hf_tokenizer(str(path)) else Vocabulary(path)
 
 
 def train_or_load(lines_fn, fingerprint: str, vocab_size: int,

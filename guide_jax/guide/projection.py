@@ -88,16 +88,19 @@ def check_compatible(t, s, guide_cfg) -> None:
     raise GuideError(f'student query heads per kv head ({s.n_heads}/{s.n_kv_heads}) exceed '
                      f'the teacher\'s ({t.n_heads}/{t.n_kv_heads}); lower model.n_heads or '
                      f'raise model.n_kv_heads')
-  if s.norm != t.norm or s.mlp != t.mlp or s.use_bias != t.use_bias:
-    raise GuideError('student model.norm/mlp/use_bias must equal the teacher\'s '
-                     f'({t.norm}/{t.mlp}/{t.use_bias}); GUIDE maps blocks of the same family')
+  for name in ('norm', 'mlp', 'use_bias', 'qkv_bias', 'qk_norm', 'norm_scale_offset'):
+    if s[name] != t[name]:
+      raise GuideError(f'student model.{name}={s[name]!r} differs from the teacher\'s '
+                       f'{t[name]!r}; GUIDE maps blocks of the same family')
   if s.position == 'rope':
     if s.head_dim != t.head_dim and t.head_dim % s.head_dim:
       raise GuideError(f'student model.head_dim={s.head_dim} must divide the teacher\'s '
                        f'{t.head_dim} with rope (only then are rotary frequencies exact)')
-    if s.rope_base != t.rope_base:
-      raise GuideError(f'student model.rope_base={s.rope_base} differs from the teacher\'s '
-                       f'{t.rope_base}')
+    for name in ('rope_base', 'rope_scaling', 'rope_scaling_factor', 'rope_low_freq_factor',
+                 'rope_high_freq_factor', 'rope_original_max_len'):
+      if s[name] != t[name]:
+        raise GuideError(f'student model.{name}={s[name]!r} differs from the teacher\'s '
+                         f'{t[name]!r}; the selected rotary frequencies must be the same')
   if guide_cfg.blocks not in ('first', 'all'):
     raise GuideError(f"guide.blocks={guide_cfg.blocks!r} must be 'first' or 'all'")
   if guide_cfg.pca_rows not in ('embed', 'embed+pos'):
@@ -109,16 +112,25 @@ def check_compatible(t, s, guide_cfg) -> None:
 # --- 1. the projection M ----------------------------------------------------------------
 
 
-def pca_basis(teacher_params: dict, d_student: int, center: bool, pca_rows: str):
-  """(M [d_T, d_S], eigenvalues descending [d_T], explained variance)."""
-  rows = [teacher_params['embedding'].astype(F32)]
+def pca_basis(teacher_params: dict, d_student: int, center: bool, pca_rows: str,
+              vocab_rows: int = 0):
+  """(M [d_T, d_S], eigenvalues descending [d_T], explained variance).
+
+  `vocab_rows` > 0 keeps only the first rows of E_T: a vocabulary padded beyond its
+  tokenizer (Qwen-style) has rows no token produces, which must not shape M. They are
+  masked, not sliced, so a vocabulary-sharded table stays sharded.
+  """
+  embedding = teacher_params['embedding'].astype(F32)
+  if vocab_rows and vocab_rows < embedding.shape[0]:
+    embedding = jnp.where(jnp.arange(embedding.shape[0])[:, None] < vocab_rows, embedding, 0.0)
+  rows = [embedding]
   if pca_rows == 'embed+pos':
     rows.append(teacher_params['pos_embedding'].astype(F32))
   # C = A^T A: each row block contributes a matmul reduced over its (possibly sharded)
   # row axis; XLA reduces partial sums across shards instead of gathering the table.
   cov = sum(jnp.einsum('vd,ve->de', a, a, preferred_element_type=F32) for a in rows)
   if center:
-    n = sum(a.shape[0] for a in rows)
+    n = (vocab_rows or rows[0].shape[0]) + sum(a.shape[0] for a in rows[1:])
     mean = sum(jnp.sum(a, axis=0) for a in rows) / n
     cov = cov - n * jnp.outer(mean, mean)
   eigvals, eigvecs = jnp.linalg.eigh(cov)                 # ascending
@@ -144,6 +156,11 @@ def _write(w, m):
   return jnp.einsum('...d,ds->...s', w, m)
 
 
+def unit_gain(s) -> Array:
+  """The student norm scale whose gain (norm_scale_offset + scale) is 1."""
+  return jnp.full((s.d_model,), 1.0 - s.norm_scale_offset, F32)
+
+
 def _project_block(tb: dict, m, t, s, g) -> dict:
   """One teacher block's leaves (no layer axis) -> the student block's leaves."""
   q_heads, kv_heads = head_selection(t, s)
@@ -154,7 +171,7 @@ def _project_block(tb: dict, m, t, s, g) -> dict:
   ones = lambda d: jnp.ones((d,), F32)
 
   def gain(norm):
-    return tb[norm]['scale'].astype(F32) if fold else ones(t.d_model)
+    return t.norm_scale_offset + tb[norm]['scale'].astype(F32) if fold else ones(t.d_model)
 
   def norm_bias_through(norm, w_sel):
     """b_norm @ W_T[:, sel]: the teacher norm's bias, folded into the read bias."""
@@ -169,13 +186,20 @@ def _project_block(tb: dict, m, t, s, g) -> dict:
                              ('wv', kv_heads, 1.0)):
     w_sel = attn_t[name].astype(F32)[:, heads][:, :, dims]
     attn[name] = extra * _read(w_sel, m, gain('norm1'), norm_scale)
-    if s.use_bias:
+    if s.use_bias or s.qkv_bias:
       b = attn_t['b' + name[1:]].astype(F32)[heads][:, dims]
       attn['b' + name[1:]] = extra * (b + norm_bias_through('norm1', w_sel))
   out_scale = t.n_heads / s.n_heads if g.rescale_outputs else 1.0
   attn['wo'] = out_scale * _write(attn_t['wo'].astype(F32)[q_heads][:, dims], m)
   if s.use_bias:
     attn['bo'] = _write(attn_t['bo'].astype(F32), m)
+  if s.qk_norm:
+    # Per-head q/k RMSNorm reads the head's own dims, not the residual stream: its gains
+    # are kept at the selected dims. Exact when l_S = l_T; with fewer dims the RMS is
+    # taken over the kept dims only, so the normalised q/k (and attn_logit_rescale's
+    # correction) are approximate (docs: GUIDE and model features).
+    for norm in ('q_norm', 'k_norm'):
+      attn[norm] = {'scale': attn_t[norm]['scale'].astype(F32)[dims]}
 
   mlp: dict = {}
   for name in [k for k in mlp_t if k in ('w_in', 'w_gate', 'w_up')]:
@@ -191,18 +215,20 @@ def _project_block(tb: dict, m, t, s, g) -> dict:
 
   block = {'attn': attn, 'mlp': mlp}
   for norm in ('norm1', 'norm2'):  # gains folded into the reads: the student's are 1
-    block[norm] = {'scale': ones(s.d_model)}
+    block[norm] = {'scale': unit_gain(s)}
     if s.norm == 'layernorm':
       block[norm]['bias'] = jnp.zeros((s.d_model,), F32)
   return block
 
 
 def project(teacher_params: dict, teacher_cfg: ml_collections.ConfigDict,
-            student_cfg: ml_collections.ConfigDict, guide_cfg: ml_collections.ConfigDict
-            ) -> tuple[dict, dict]:
-  """(guided student leaves in the student's param dtype, diagnostics)."""
+            student_cfg: ml_collections.ConfigDict, guide_cfg: ml_collections.ConfigDict,
+            vocab_rows: int = 0) -> tuple[dict, dict]:
+  """(guided student leaves in the student's param dtype, diagnostics). `vocab_rows`:
+  the tokenizer's size when the teacher's vocabulary is padded beyond it (0 = all rows)."""
   t, s, g = teacher_cfg, student_cfg, guide_cfg
-  m, eigvals, explained = pca_basis(teacher_params, s.d_model, g.center, g.pca_rows)
+  m, eigvals, explained = pca_basis(teacher_params, s.d_model, g.center, g.pca_rows,
+                                    vocab_rows)
   c_t = math.sqrt(t.d_model) if t.scale_embeddings else 1.0
   c_s = math.sqrt(s.d_model) if s.scale_embeddings else 1.0
   guided: dict = {'embedding': (c_t / c_s) * teacher_params['embedding'].astype(F32) @ m}
@@ -217,9 +243,9 @@ def project(teacher_params: dict, teacher_cfg: ml_collections.ConfigDict,
   if g.unembed and not s.tie_embeddings:
     w_u = (teacher_params['embedding'].T if t.tie_embeddings
            else teacher_params['unembed']).astype(F32)
-    final_gain = teacher_params['final_norm']['scale'].astype(F32)
+    final_gain = t.norm_scale_offset + teacher_params['final_norm']['scale'].astype(F32)
     guided['unembed'] = _read(w_u, m, final_gain, math.sqrt(t.d_model / s.d_model))
-    guided['final_norm'] = {'scale': jnp.ones((s.d_model,), F32)}
+    guided['final_norm'] = {'scale': unit_gain(s)}
     if s.norm == 'layernorm':  # a LayerNorm's final bias has no output bias to fold into
       guided['final_norm']['bias'] = jnp.zeros((s.d_model,), F32)
 

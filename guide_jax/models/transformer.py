@@ -3,8 +3,15 @@
 Shapes (d = d_model, h = n_heads, h_kv = n_kv_heads, l = head_dim, f = mlp_dim):
   embedding [V, d]              pos_embedding [L, d]        unembed [d, V]
   blocks.attn.wq  [n, d, h, l]  wk, wv [n, d, h_kv, l]      wo [n, h, l, d]
-  blocks.mlp.w_in [n, d, f] (gelu) or w_gate, w_up [n, d, f] (swiglu); w_out [n, f, d]
+  blocks.mlp.w_in [n, d, f] (gelu) or w_gate, w_up [n, d, f] (swiglu, geglu); w_out [n, f, d]
   blocks.norm1/norm2.scale [n, d]   final_norm.scale [d]   (+ .bias for layernorm)
+  blocks.attn.q_norm/k_norm.scale [n, l]   (qk_norm)
+  blocks.attn.bq [n, h, l], bk, bv [n, h_kv, l] (use_bias or qkv_bias); bo [n, d] (use_bias)
+
+The family features of Hugging Face checkpoints are config fields (config.model_config):
+norm gain offset (Gemma's 1 + w), per-head q/k RMSNorm (Qwen3), q/k/v-only biases (Qwen2),
+gated GELU (Gemma), Llama 3 RoPE frequency scaling, and a sliding-window bound (Mistral:
+refused in validation when a sequence would exceed it, never silently ignored).
 
 Block parameters are always stacked along a leading `layers` axis, whether or not the
 forward pass scans over them: one layout for checkpoints and for GUIDE, whose code reads
@@ -57,34 +64,53 @@ def _dot(x, w, spec, dtype):
 
 
 class Norm(nnx.Module):
-  """RMSNorm or LayerNorm over the last axis, computed in float32."""
+  """RMSNorm or LayerNorm over the last axis, computed in float32.
 
-  def __init__(self, cfg: ml_collections.ConfigDict):
-    d, pdt = cfg.d_model, jnp.dtype(cfg.param_dtype)
-    self.kind, self.eps = cfg.norm, cfg.norm_eps
-    self.scale = _const_param(1.0, (d,), ('embed',), pdt)
-    if cfg.norm == 'layernorm':
-      self.bias = _const_param(0.0, (d,), ('embed',), pdt)
+  The gain is `norm_scale_offset + scale`: offset 0 is the usual parameterisation, 1 is
+  Gemma's `1 + w`. Either way the gain starts at 1. `dim`/`kind`/`axis` default to the
+  residual stream's; q/k norms pass the head width, RMSNorm and their own logical axis.
+  """
+
+  def __init__(self, cfg: ml_collections.ConfigDict, dim: int | None = None,
+               kind: str | None = None, axis: str = 'embed'):
+    d, pdt = dim or cfg.d_model, jnp.dtype(cfg.param_dtype)
+    self.kind, self.eps, self.offset = kind or cfg.norm, cfg.norm_eps, cfg.norm_scale_offset
+    self.scale = _const_param(1.0 - self.offset, (d,), (axis,), pdt)
+    if self.kind == 'layernorm':
+      self.bias = _const_param(0.0, (d,), (axis,), pdt)
 
   def __call__(self, x: Array) -> Array:
     y = x.astype(jnp.float32)
     if self.kind == 'layernorm':
       y = y - jnp.mean(y, axis=-1, keepdims=True)
     y = y * jax.lax.rsqrt(jnp.mean(y * y, axis=-1, keepdims=True) + self.eps)
-    y = y * self.scale[...].astype(jnp.float32)
+    y = y * (self.offset + self.scale[...].astype(jnp.float32))
     if self.kind == 'layernorm':
       y = y + self.bias[...].astype(jnp.float32)
     return y.astype(x.dtype)
 
 
-def rope_frequencies(head_dim: int, base: float) -> Array:
-  """base^(-2k/l) for rotary pair k = 0..l/2-1 (pair k = dims k and k + l/2)."""
-  return base ** (-2.0 * jnp.arange(head_dim // 2, dtype=jnp.float32) / head_dim)
+def rope_frequencies(head_dim: int, cfg: ml_collections.ConfigDict) -> Array:
+  """1 / base^(2k/l) for rotary pair k = 0..l/2-1 (pair k = dims k and k + l/2), written as
+  transformers computes it; with rope_scaling='llama3', Llama 3.1's rescaling: wavelengths
+  beyond original_max_len/low_freq_factor slow down by `factor`, those below
+  original_max_len/high_freq_factor stay, and the band between is interpolated."""
+  freqs = 1.0 / (cfg.rope_base ** (jnp.arange(0, head_dim, 2, dtype=jnp.float32) / head_dim))
+  if cfg.rope_scaling == 'none':
+    return freqs
+  factor, low, high = cfg.rope_scaling_factor, cfg.rope_low_freq_factor, cfg.rope_high_freq_factor
+  original = cfg.rope_original_max_len
+  wavelen = 2 * jnp.pi / freqs
+  scaled = jnp.where(wavelen > original / low, freqs / factor, freqs)
+  smooth = (original / wavelen - low) / (high - low)
+  smoothed = (1 - smooth) * scaled / factor + smooth * scaled
+  medium = (wavelen >= original / high) & (wavelen <= original / low)
+  return jnp.where(medium, smoothed, scaled)
 
 
-def apply_rope(x: Array, positions: Array, base: float) -> Array:
+def apply_rope(x: Array, positions: Array, cfg: ml_collections.ConfigDict) -> Array:
   """Rotary embedding, 'split halves' layout. x: [b, t, heads, l], positions: [b, t]."""
-  freqs = rope_frequencies(x.shape[-1], base)
+  freqs = rope_frequencies(x.shape[-1], cfg)
   angles = positions.astype(jnp.float32)[:, :, None, None] * freqs  # [b, t, 1, l/2]
   cos, sin = jnp.cos(angles), jnp.sin(angles)
   x1, x2 = jnp.split(x.astype(jnp.float32), 2, axis=-1)
@@ -114,21 +140,28 @@ class Attention(nnx.Module):
     # does not grow with n_layers at init.
     out_std = std / (2 * cfg.n_layers) ** 0.5
     self.wo = _param(rngs.params(), (h, l, d), ('heads', 'kv', 'embed'), out_std, pdt)
-    if cfg.use_bias:
+    self.qkv_bias = cfg.use_bias or cfg.qkv_bias
+    if self.qkv_bias:
       self.bq = _param(None, (h, l), ('heads', 'kv'), 0.0, pdt)
       self.bk = _param(None, (hkv, l), ('kv_heads', 'kv'), 0.0, pdt)
       self.bv = _param(None, (hkv, l), ('kv_heads', 'kv'), 0.0, pdt)
+    if cfg.use_bias:
       self.bo = _param(None, (d,), ('embed',), 0.0, pdt)
+    if cfg.qk_norm:  # one gain per head dim, shared by the heads (Qwen3)
+      self.q_norm = Norm(cfg, dim=l, kind='rmsnorm', axis='kv')
+      self.k_norm = Norm(cfg, dim=l, kind='rmsnorm', axis='kv')
 
   def __call__(self, u: Array, positions: Array, mask: Array) -> Array:
     cfg, dt = self.cfg, jnp.dtype(self.cfg.dtype)
     q = _dot(u, self.wq[...], 'btd,dhl->bthl', dt)
     k = _dot(u, self.wk[...], 'btd,dhl->bthl', dt)
     v = _dot(u, self.wv[...], 'btd,dhl->bthl', dt)
-    if cfg.use_bias:
+    if self.qkv_bias:
       q, k, v = q + self.bq[...].astype(dt), k + self.bk[...].astype(dt), v + self.bv[...].astype(dt)
+    if cfg.qk_norm:
+      q, k = self.q_norm(q), self.k_norm(k)
     if cfg.position == 'rope':
-      q, k = apply_rope(q, positions, cfg.rope_base), apply_rope(k, positions, cfg.rope_base)
+      q, k = apply_rope(q, positions, cfg), apply_rope(k, positions, cfg)
     q = sharding.constrain(q, ('act_batch', 'act_length', 'act_heads', 'act_kv'))
     b, t, h, l = q.shape
     hkv = k.shape[2]
@@ -145,14 +178,18 @@ class Attention(nnx.Module):
     return y
 
 
+GATED_MLPS = {'swiglu': jax.nn.silu, 'geglu': functools.partial(jax.nn.gelu, approximate=True)}
+
+
 class MLP(nnx.Module):
-  """gelu: act(u W_in) W_out; swiglu: (silu(u W_gate) * (u W_up)) W_out."""
+  """gelu: gelu_tanh(u W_in) W_out; swiglu/geglu: (act(u W_gate) * (u W_up)) W_out with
+  act = silu (Llama, Qwen) or gelu_tanh (Gemma)."""
 
   def __init__(self, cfg: ml_collections.ConfigDict, *, rngs: nnx.Rngs):
     d, f = cfg.d_model, cfg.mlp_dim
     pdt, std = jnp.dtype(cfg.param_dtype), cfg.init_std
     self.cfg = cfg
-    read_names = ('w_gate', 'w_up') if cfg.mlp == 'swiglu' else ('w_in',)
+    read_names = ('w_gate', 'w_up') if cfg.mlp in GATED_MLPS else ('w_in',)
     for name in read_names:
       setattr(self, name, _param(rngs.params(), (d, f), ('embed', 'mlp'), std, pdt))
     out_std = std / (2 * cfg.n_layers) ** 0.5
@@ -170,10 +207,11 @@ class MLP(nnx.Module):
 
   def __call__(self, u: Array) -> Array:
     dt = jnp.dtype(self.cfg.dtype)
-    if self.cfg.mlp == 'swiglu':
-      hidden = jax.nn.silu(self._read(u, 'w_gate', dt)) * self._read(u, 'w_up', dt)
+    if self.cfg.mlp in GATED_MLPS:
+      act = GATED_MLPS[self.cfg.mlp]
+      hidden = act(self._read(u, 'w_gate', dt)) * self._read(u, 'w_up', dt)
     else:
-      hidden = jax.nn.gelu(self._read(u, 'w_in', dt))
+      hidden = jax.nn.gelu(self._read(u, 'w_in', dt), approximate=True)
     hidden = sharding.constrain(hidden, ('act_batch', 'act_length', 'act_mlp'))
     y = _dot(hidden, self.w_out[...], 'btf,fd->btd', dt)
     if self.cfg.use_bias:

@@ -1,9 +1,11 @@
 """The frozen teacher: found (or pretrained) once, loaded onto the student's mesh.
 
-A teacher is a workdir written by this framework's pretraining mode. Its model config
-and vocabulary file are read from its checkpoint metadata; its parameters are restored
-directly onto the mesh with their own logical shardings (each device reads its shard),
-optionally cast to bfloat16. It gets no optimizer state and is never written into the
+A teacher is either a workdir written by this framework's pretraining mode (model config
+and vocabulary file read from its checkpoint metadata, parameters restored by orbax) or a
+Hugging Face directory (config.json mapped by guide_jax.hf.families, safetensors read
+tensor by tensor by guide_jax.hf.checkpoint, tokenizer.json as the vocabulary). Either
+way its parameters land directly on the mesh with their own logical shardings,
+optionally in bfloat16. It gets no optimizer state and is never written into the
 student's checkpoints: it is reloaded at every (re)start.
 """
 
@@ -19,6 +21,7 @@ from etils import epath
 from guide_jax import config as config_lib
 from guide_jax import paths, sharding
 from guide_jax.data import tokenizer as tokenizer_lib
+from guide_jax.hf import checkpoint as hf_checkpoint
 from guide_jax.models import transformer
 from guide_jax.train import checkpointing
 
@@ -30,6 +33,7 @@ class Teacher:
   shardings: dict
   vocab_path: str
   workdir: epath.Path
+  vocab_rows: int = 0   # tokenizer size when the embedding table is padded beyond it
 
 
 def is_distillation(cfg: ml_collections.ConfigDict) -> bool:
@@ -43,10 +47,13 @@ def model_config(cfg: ml_collections.ConfigDict, experiment=None) -> ml_collecti
   if cfg.teacher.pretrain:
     return cfg.teacher.pretrain.model
   if cfg.teacher.checkpoint:
-    ckpt, step = _latest_checkpoint(paths.workdir_path(cfg.teacher.checkpoint))
+    source = paths.workdir_path(cfg.teacher.checkpoint)
+    if hf_checkpoint.is_hf_dir(source):
+      return hf_checkpoint.model_config(source)
+    ckpt, step = _latest_checkpoint(source)
     meta = ckpt.restore_meta(step)
     ckpt.close()
-    return ml_collections.ConfigDict(meta['model'])
+    return config_lib.complete_model(meta['model'])
   if experiment is not None and hasattr(experiment, 'teacher_config'):
     return experiment.teacher_config().model
   raise ValueError('the config names no teacher (teacher.pretrain or teacher.checkpoint, '
@@ -81,14 +88,22 @@ def _latest_checkpoint(teacher_dir: epath.Path):
   return ckpt, step
 
 
-def load(teacher_dir: epath.Path, mesh, rules, dtype: str) -> Teacher:
-  """Restore the teacher's params onto `mesh` (raises CheckpointError when missing)."""
-  ckpt, step = _latest_checkpoint(teacher_dir)
-  meta = ckpt.restore_meta(step)
-  model = ml_collections.ConfigDict(meta['model'])
+def _with_dtype(stored: ml_collections.ConfigDict, dtype: str) -> ml_collections.ConfigDict:
+  model = ml_collections.ConfigDict(stored.to_dict())
   model.param_dtype = dtype
   model.dtype = dtype if dtype == 'bfloat16' else model.dtype
-  stored = ml_collections.ConfigDict(meta['model'])
+  return model
+
+
+def load(teacher_dir: epath.Path, mesh, rules, dtype: str) -> Teacher:
+  """The teacher's params on `mesh`, from a guide_jax workdir or a Hugging Face directory
+  (CheckpointError when a workdir has no checkpoint, HFError for a refused HF model)."""
+  if hf_checkpoint.is_hf_dir(teacher_dir):
+    return load_hf(teacher_dir, mesh, rules, dtype)
+  ckpt, step = _latest_checkpoint(teacher_dir)
+  meta = ckpt.restore_meta(step)
+  stored = config_lib.complete_model(meta['model'])
+  model = _with_dtype(stored, dtype)
   abstract, shardings = transformer.abstract_params_and_shardings(stored, mesh, rules)
   params = ckpt.restore_params(step, sharding.abstract(abstract, shardings))
   ckpt.close()
@@ -99,13 +114,30 @@ def load(teacher_dir: epath.Path, mesh, rules, dtype: str) -> Teacher:
                  vocab_path=meta.get('vocab_path', ''), workdir=teacher_dir)
 
 
+def load_hf(hf_dir: epath.Path, mesh, rules, dtype: str) -> Teacher:
+  """A Hugging Face teacher: config.json -> model config, safetensors -> sharded params."""
+  model = _with_dtype(hf_checkpoint.model_config(hf_dir), dtype)
+  abstract, shardings = transformer.abstract_params_and_shardings(model, mesh, rules)
+  params = hf_checkpoint.load_params(hf_dir, model, abstract, shardings, dtype)
+  vocab_path, vocab_rows = '', 0
+  if (hf_dir / 'tokenizer.json').exists():
+    vocab_path = str(hf_dir / 'tokenizer.json')
+    vocab_rows = tokenizer_lib.load(vocab_path).size
+    if vocab_rows > model.vocab_size:
+      raise config_lib.ConfigError(
+          f'{vocab_path} has {vocab_rows} tokens, more than the teacher\'s vocab_size '
+          f'{model.vocab_size} in config.json; the checkpoint and tokenizer do not match')
+  return Teacher(model=model, params=params, shardings=shardings, vocab_path=vocab_path,
+                 workdir=hf_dir, vocab_rows=vocab_rows if vocab_rows < model.vocab_size else 0)
+
+
 def check_vocabulary(cfg: ml_collections.ConfigDict, teacher: Teacher) -> None:
   """The student reads the teacher's vocabulary file; a different one is an error."""
   if not cfg.data.tokenizer:
     cfg.data.tokenizer = teacher.vocab_path
   elif teacher.vocab_path and cfg.data.tokenizer != teacher.vocab_path:
-    mine = tokenizer_lib.Vocabulary(cfg.data.tokenizer).fingerprint
-    theirs = tokenizer_lib.Vocabulary(teacher.vocab_path).fingerprint
+    mine = tokenizer_lib.load(cfg.data.tokenizer).fingerprint
+    theirs = tokenizer_lib.load(teacher.vocab_path).fingerprint
     if mine != theirs:
       raise config_lib.ConfigError(
           f'data.tokenizer={cfg.data.tokenizer!r} differs from the teacher\'s vocabulary '
@@ -114,3 +146,16 @@ def check_vocabulary(cfg: ml_collections.ConfigDict, teacher: Teacher) -> None:
     raise config_lib.ConfigError(
         f'model.vocab_size={cfg.model.vocab_size} differs from the teacher\'s '
         f'{teacher.model.vocab_size}; they must share the tokenizer')
+
+
+def check_sequence(cfg: ml_collections.ConfigDict, teacher: Teacher) -> None:
+  """The teacher must see the student's whole sequence as it was trained to."""
+  window = teacher.model.sliding_window
+  if window and cfg.data.seq_len > window:
+    raise config_lib.ConfigError(
+        f'data.seq_len={cfg.data.seq_len} exceeds the teacher\'s sliding_window={window} '
+        f'(sliding-window attention is not implemented); lower data.seq_len to at most {window}')
+  if cfg.data.seq_len > teacher.model.max_len:
+    raise config_lib.ConfigError(
+        f'data.seq_len={cfg.data.seq_len} exceeds the teacher\'s max_len='
+        f'{teacher.model.max_len}; lower data.seq_len')

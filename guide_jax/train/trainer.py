@@ -182,6 +182,7 @@ def train(config: ml_collections.ConfigDict, workdir: str | os.PathLike, *,
     if distill:
       teacher = teacher_lib.load(teacher_dir, mesh, rules, cfg.teacher.dtype)
       teacher_lib.check_vocabulary(cfg, teacher)
+      teacher_lib.check_sequence(cfg, teacher)
       try:
         guide.check_compatible(teacher.model, cfg.model, cfg.guide)
       except guide.GuideError as e:
@@ -210,12 +211,11 @@ def train(config: ml_collections.ConfigDict, workdir: str | os.PathLike, *,
     theta_hat, guide_log, layers = {}, {}, None
     if distill:
       layers, _ = guide.guided_layers(teacher.model, model_cfg, cfg.guide)
-      guided_abstract = jax.eval_shape(
-          lambda p: guide.project(p, teacher.model, model_cfg, cfg.guide)[0], teacher.params)
-      theta_hat_shardings = _like(guided_abstract, param_shardings)
-      guided, diagnostics = jax.jit(
-          lambda p: guide.project(p, teacher.model, model_cfg, cfg.guide),
-          out_shardings=(theta_hat_shardings, None))(teacher.params)
+      project = lambda p: guide.project(p, teacher.model, model_cfg, cfg.guide,
+                                        teacher.vocab_rows)
+      theta_hat_shardings = _like(jax.eval_shape(project, teacher.params)[0], param_shardings)
+      guided, diagnostics = jax.jit(project, out_shardings=(theta_hat_shardings, None))(
+          teacher.params)
       theta_hat = guide.selected(guided, cfg.guide.init)
       guide_log = {'guide/explained_variance': float(diagnostics['explained_variance'])}
 
