@@ -7,12 +7,16 @@ PY := $(VENV)/bin/python
 WORKDIR ?= workdirs/demo
 # launch/xm_launch.py's own environment: xmanager pins protobuf apart from the training stack.
 XM_VENV ?= .venv-xm
+# torch is only the transformers reference of the HF parity tests. 2.13.0 is the CPU build
+# on this project's machines (a plain `torch` from the registry pulls several GiB of CUDA).
+TORCH ?= torch==2.13.0
 
 .PHONY: install xm-venv demo test test-all clean
 
 $(VENV)/.installed: setup.cfg pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet '$(TORCH)'
 	$(PY) -m pip install --quiet -e '.[test]'
 	touch $@
 

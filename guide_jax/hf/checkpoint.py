@@ -100,13 +100,13 @@ class SafetensorsReader:
       return f.get_tensor(name)
 
 
-def _set(tree: dict, path: tuple[str, ...], value) -> None:
+def set_path(tree: dict, path: tuple[str, ...], value) -> None:
   for key in path[:-1]:
     tree = tree.setdefault(key, {})
   tree[path[-1]] = value
 
 
-def _get(tree: dict, path: tuple[str, ...]):
+def get_path(tree: dict, path: tuple[str, ...]):
   for key in path:
     tree = tree[key]
   return tree
@@ -125,7 +125,7 @@ def load_params(hf_dir, model: ml_collections.ConfigDict, abstract: dict, shardi
   target = np.dtype(jax.numpy.dtype(dtype))
   params: dict = {}
   for row in family.tensors(model):
-    shape = tuple(_get(abstract, row.ours).shape)
+    shape = tuple(get_path(abstract, row.ours).shape)
 
     def read(name, layer_shape, row=row):
       value = reader.get(name)
@@ -155,8 +155,8 @@ def load_params(hf_dir, model: ml_collections.ConfigDict, abstract: dict, shardi
         cache[key] = shard(index)
       return cache[key]
 
-    sharding = _get(shardings, row.ours)
-    _set(params, row.ours, jax.make_array_from_callback(shape, sharding, cached_shard))
+    sharding = get_path(shardings, row.ours)
+    set_path(params, row.ours, jax.make_array_from_callback(shape, sharding, cached_shard))
   leftover = sorted(n for n in set(reader.files) - reader.read_names
                     if not n.endswith(family.ignored)
                     and not (model.tie_embeddings and n == 'lm_head.weight'))
