@@ -83,11 +83,17 @@ def run_arms(cfg, steps: int, arms: list[str], log=print) -> dict:
   mesh = sharding.make_mesh(cfg.mesh)
   rules = tuple(cfg.logical_rules)
   tokens = cfg.data.global_batch_size * cfg.data.seq_len
-  peak = flops.measured_matmul_peak(s_model.dtype)
+  # MFU's denominator: the chip's datasheet peak where it is known (GPU/TPU: the usual
+  # definition), else a matmul measured here (CPU). The measured one is reported either way.
+  measured_peak = flops.measured_matmul_peak(s_model.dtype)
+  on_cpu = jax.devices()[0].platform == 'cpu'
+  peak, peak_source = ((measured_peak, 'measured matmul') if on_cpu else
+                       flops.device_peak_flops(s_model.dtype, cfg.train.peak_flops))
   student_flops = flops.train_flops_per_token(s_model, cfg.data.seq_len) * tokens
   teacher_flops = flops.forward_flops_per_token(t_model, cfg.data.seq_len) * tokens
   log(f'devices {jax.device_count()} ({jax.devices()[0].device_kind}); matmul peak '
-      f'{peak / 1e9:.1f} GFLOP/s ({s_model.dtype}); student {student_flops / 1e9:.2f} '
+      f'{peak / 1e9:.1f} GFLOP/s ({s_model.dtype}, {peak_source}; measured '
+      f'{measured_peak / 1e9:.1f}); student {student_flops / 1e9:.2f} '
       f'GFLOP/step (train), teacher {teacher_flops / 1e9:.2f} GFLOP/step (forward)')
 
   with jax.set_mesh(mesh), sharding.use_rules(rules):
@@ -148,7 +154,8 @@ def run_arms(cfg, steps: int, arms: list[str], log=print) -> dict:
                 'mfu': arm_flops / (total_peak * step_time),
                 'mfu_student': student_flops / (total_peak * step_time), **r}
   return {'device_kind': jax.devices()[0].device_kind, 'devices': n_dev,
-          'dtype': s_model.dtype, 'peak_flops': peak, 'tokens_per_step': tokens,
+          'dtype': s_model.dtype, 'peak_flops': peak, 'peak_source': peak_source,
+          'measured_matmul_peak': measured_peak, 'tokens_per_step': tokens,
           'student_train_flops_per_step': student_flops,
           'teacher_forward_flops_per_step': teacher_flops,
           'kd_theory_ratio': 1.0 + teacher_flops / student_flops, 'arms': out}

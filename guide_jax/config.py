@@ -31,7 +31,7 @@ def complete_model(saved: dict) -> ml_collections.ConfigDict:
 
 def model_config() -> ml_collections.ConfigDict:
   m = ml_collections.ConfigDict()
-  m.vocab_size = 4096        # tokens; must equal the tokenizer's size
+  m.vocab_size = 4096        # tokens; the tokenizer's size (an HF tokenizer's may be smaller)
   m.d_model = 256            # residual width d
   m.n_layers = 4             # transformer blocks n
   m.n_heads = 4              # query heads h
@@ -81,7 +81,8 @@ def base_config() -> ml_collections.ConfigDict:
   c.data.validation_percent = 2    # files whose path hash falls below this go to validation
   c.data.test_percent = 0          # the next this-many percent: a held-out test split
   c.data.eval_split = 'validation' # what evaluation reads: 'validation' or 'test'
-  c.data.tokenizer = ''            # an existing SentencePiece .model; '' = train one (embedded)
+  c.data.tokenizer = ''            # a SentencePiece .model or a Hugging Face tokenizer.json;
+                                   # '' = the teacher's, else train one (embedded)
   c.data.seqio_task = ''           # seqio Task/Mixture name for backend='seqio'
   c.data.seqio_train_split = 'train'
   c.data.seqio_eval_split = 'validation'
@@ -180,6 +181,9 @@ def validate(c: ml_collections.ConfigDict, num_devices: int, num_processes: int 
            f"data.backend={d.backend!r} must be 'embedded', 'synthetic' or 'seqio'")
   _require(d.backend != 'seqio' or bool(d.seqio_task),
            "data.seqio_task is empty; name a registered seqio Task or Mixture for backend='seqio'")
+  _require(d.backend != 'seqio' or not d.tokenizer.endswith('.json'),
+           f'data.tokenizer={d.tokenizer!r} is a Hugging Face tokenizer, which the seqio '
+           f'backend cannot read; use a SentencePiece .model or data.backend=embedded')
   _require(d.seq_len > 0, f'data.seq_len={d.seq_len} must be positive')
   _require(c.model.max_len >= d.seq_len,
            f'model.max_len={c.model.max_len} is smaller than data.seq_len={d.seq_len}; '

@@ -42,12 +42,12 @@ def restore_run(workdir, step: int | None = None):
         f'--workdir={str(workdir)!r} has no checkpoints/; point it at a training run')
   ckpt = checkpointing.Checkpointer(ckpt_dir, 1, False)
   try:
-    steps = ckpt._manager.all_steps()  # noqa: SLF001 (orbax has no public listing)
+    steps = ckpt.all_steps()
     step = ckpt.latest_step() if step is None else step
     if step is None or step not in steps:
       raise checkpointing.CheckpointError(
-          f'--step={step} is not among the checkpoints of {str(workdir)!r} '
-          f'({sorted(steps)}); pick one of them')
+          f'--step={step} is not among the checkpoints of {str(workdir)!r} ({steps}); '
+          f'pick one of them')
     meta = ckpt.restore_meta(step)
     model = config_lib.complete_model(meta['model'])
     device = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
@@ -118,7 +118,7 @@ def export_run(workdir, out_dir, step: int | None = None, dtype: str = '',
   if dtype not in ('', 'float32', 'bfloat16'):
     raise ConfigError(f"--dtype={dtype!r} must be 'float32' or 'bfloat16'")
   model, params, meta, step = restore_run(workdir, step)
-  families.export_family(model)  # refuse before writing anything
+  family = families.export_family(model)  # refuse before writing anything
   out.parent.mkdir(parents=True, exist_ok=True)
   tmp = epath.Path(tempfile.mkdtemp(dir=out.parent, prefix=f'.{out.name}.partial-'))
   try:
@@ -131,5 +131,5 @@ def export_run(workdir, out_dir, step: int | None = None, dtype: str = '',
   except BaseException:
     shutil.rmtree(tmp, ignore_errors=True)
     raise
-  return {'out': str(out), 'step': step, 'family': families.export_family(model).name,
+  return {'out': str(out), 'step': step, 'family': family.name,
           'files': sorted(files)}

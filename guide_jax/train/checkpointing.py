@@ -35,6 +35,9 @@ class Checkpointer:
   def latest_step(self) -> int | None:
     return self._manager.latest_step()
 
+  def all_steps(self) -> list[int]:
+    return sorted(self._manager.all_steps())
+
   def save(self, step: int, state: dict, data_state: dict, meta: dict) -> None:
     """Save {'params', 'opt_state', 'step'} (once per step; async when configured)."""
     if step in self._manager.all_steps():

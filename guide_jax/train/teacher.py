@@ -135,6 +135,10 @@ def check_vocabulary(cfg: ml_collections.ConfigDict, teacher: Teacher) -> None:
   """The student reads the teacher's vocabulary file; a different one is an error."""
   if not cfg.data.tokenizer:
     cfg.data.tokenizer = teacher.vocab_path
+    if cfg.data.backend == 'seqio' and tokenizer_lib.is_hf_tokenizer(teacher.vocab_path):
+      raise config_lib.ConfigError(
+          f'the teacher\'s tokenizer {teacher.vocab_path!r} is a Hugging Face tokenizer, '
+          f'which the seqio backend cannot read; use data.backend=embedded')
   elif teacher.vocab_path and cfg.data.tokenizer != teacher.vocab_path:
     mine = tokenizer_lib.load(cfg.data.tokenizer).fingerprint
     theirs = tokenizer_lib.load(teacher.vocab_path).fingerprint
