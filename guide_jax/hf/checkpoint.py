@@ -6,15 +6,20 @@ layer's tensor at a time, from a safetensors file opened (memory-mapped) for tha
 read and closed again, so mapped pages never pile up in the resident set. No torch.
 
 Saving writes `model.safetensors`, or numbered shards plus `model.safetensors.index.json`
-when the tensors exceed `max_shard_bytes`; each shard is built and written on its own.
+when the tensors exceed `max_shard_bytes`. The files are streamed: the header is written
+from the planned shapes, then each tensor is computed, written and dropped, so an export
+holds one tensor beyond the model.
 """
 
 from __future__ import annotations
 
 import collections
+import dataclasses
 import json
+import math
 import os
 import shutil
+import struct
 from typing import Callable, Iterator
 
 import jax
@@ -22,7 +27,6 @@ import ml_collections
 import numpy as np
 from etils import epath
 from safetensors import safe_open
-from safetensors.numpy import save_file
 
 from guide_jax.hf import families
 from guide_jax.hf.families import HFError
@@ -31,6 +35,11 @@ SAFETENSORS_INDEX = 'model.safetensors.index.json'
 # Tokenizer and generation files copied along with a model (those present).
 TOKENIZER_FILES = ('tokenizer.json', 'tokenizer_config.json', 'special_tokens_map.json',
                    'tokenizer.model', 'vocab.json', 'merges.txt', 'added_tokens.json')
+
+
+_UMASK = os.umask(0)
+os.umask(_UMASK)
+_FILE_MODE = 0o666 & ~_UMASK
 
 
 def is_hf_dir(path: str | os.PathLike) -> bool:
@@ -166,56 +175,93 @@ def load_params(hf_dir, model: ml_collections.ConfigDict, abstract: dict, shardi
   return params
 
 
-def hf_tensors(model: ml_collections.ConfigDict, leaf: Callable[[tuple, int | None], np.ndarray],
-               family: families.Family) -> Iterator[tuple[str, np.ndarray]]:
-  """(name, tensor) of the Hugging Face checkpoint, one tensor at a time.
+@dataclasses.dataclass
+class PlannedTensor:
+  """One tensor of an export: its name and shape now, its values when `make()` is called."""
+  name: str
+  shape: tuple[int, ...]
+  make: Callable[[], np.ndarray]
 
-  `leaf(path, layer)` gives our leaf at `path` (one layer's slice when `layer` is set).
-  Rows of one fused tensor (GPT-2's c_attn) are joined along the last axis.
+
+def export_plan(model: ml_collections.ConfigDict, leaf: Callable[[tuple, int | None], np.ndarray],
+                leaf_shape: Callable[[tuple], tuple[int, ...]],
+                family: families.Family) -> list[PlannedTensor]:
+  """Every tensor of the Hugging Face checkpoint, in file order, computed lazily.
+
+  `leaf(path, layer)` gives our leaf at `path` (one layer's slice when `layer` is set),
+  `leaf_shape(path)` its shape without the layer axis. Rows of one fused tensor (GPT-2's
+  c_attn) are joined along the last axis.
   """
   groups: dict[str, list] = collections.defaultdict(list)
   for row in family.tensors(model):
     groups[row.hf].append(row)
+  plan = []
   for template, rows in groups.items():
     rows.sort(key=lambda r: r.part[0] if r.part else 0)
+    shapes = [r.hf_shape(leaf_shape(r.ours)) for r in rows]
+    shape = shapes[0][:-1] + (sum(s[-1] for s in shapes),)
+
     for layer in (range(model.n_layers) if rows[0].layered else [None]):
-      parts = [r.to_hf(leaf(r.ours, layer)) for r in rows]
+      def make(rows=rows, layer=layer):
+        parts = [r.to_hf(leaf(r.ours, layer)) for r in rows]
+        return parts[0] if len(parts) == 1 else np.concatenate(parts, axis=-1)
       name = template.format(i=layer) if layer is not None else template
-      yield name, parts[0] if len(parts) == 1 else np.concatenate(parts, axis=-1)
+      plan.append(PlannedTensor(name, shape, make))
+  return plan
 
 
-def save_tensors(tensors: Iterator[tuple[str, np.ndarray]], out_dir: epath.Path,
+_SAFETENSORS_DTYPES = {'float32': 'F32', 'bfloat16': 'BF16', 'float16': 'F16'}
+
+
+def write_safetensors(path, tensors: list[PlannedTensor], dtype: np.dtype) -> int:
+  """Stream `tensors` into one safetensors file, computing one tensor at a time (the
+  header needs only shapes, so nothing is held beyond the tensor being written)."""
+  itemsize = np.dtype(dtype).itemsize
+  header, offset = {'__metadata__': {'format': 'pt'}}, 0
+  for t in tensors:
+    size = math.prod(t.shape) * itemsize
+    header[t.name] = {'dtype': _SAFETENSORS_DTYPES[np.dtype(dtype).name],
+                      'shape': list(t.shape), 'data_offsets': [offset, offset + size]}
+    offset += size
+  encoded = json.dumps(header, separators=(',', ':')).encode()
+  encoded += b' ' * (-len(encoded) % 8)  # the data starts 8-byte aligned
+  with open(path, 'wb') as f:
+    f.write(struct.pack('<Q', len(encoded)))
+    f.write(encoded)
+    for t in tensors:
+      value = np.ascontiguousarray(t.make(), dtype=dtype)
+      if value.shape != t.shape:
+        raise AssertionError(f'{t.name}: planned {t.shape}, made {value.shape}')
+      f.write(memoryview(value.reshape(-1).view(np.uint8)))
+  os.chmod(path, _FILE_MODE)
+  return offset
+
+
+def save_tensors(plan: list[PlannedTensor], out_dir: epath.Path, dtype: np.dtype,
                  max_shard_bytes: int) -> list[str]:
-  """Write `tensors` as safetensors shards of at most `max_shard_bytes` (a tensor larger
-  than that gets a shard of its own); returns the file names written."""
-  current: dict[str, np.ndarray] = {}
+  """Write `plan` as safetensors shards of at most `max_shard_bytes` (a tensor larger than
+  that gets a shard of its own), plus the index when there are several; returns the
+  file names written."""
+  itemsize = np.dtype(dtype).itemsize
+  shards: list[list[PlannedTensor]] = [[]]
   size = 0
-  written: list[tuple[str, list[str], int]] = []
-
-  def flush():
-    nonlocal current, size
-    if current:
-      tmp_name = f'.shard-{len(written):05d}.safetensors'
-      save_file(current, str(out_dir / tmp_name), metadata={'format': 'pt'})
-      written.append((tmp_name, list(current), size))
-      current, size = {}, 0
-
-  for name, value in tensors:
-    if current and size + value.nbytes > max_shard_bytes:
-      flush()
-    current[name] = value
-    size += value.nbytes
-  flush()
-  if len(written) == 1:
-    os.replace(out_dir / written[0][0], out_dir / 'model.safetensors')
+  for t in plan:
+    nbytes = math.prod(t.shape) * itemsize
+    if shards[-1] and size + nbytes > max_shard_bytes:
+      shards.append([])
+      size = 0
+    shards[-1].append(t)
+    size += nbytes
+  if len(shards) == 1:
+    write_safetensors(out_dir / 'model.safetensors', shards[0], dtype)
     return ['model.safetensors']
-  names, weight_map = [], {}
-  for k, (tmp_name, keys, _) in enumerate(written):
-    final = f'model-{k + 1:05d}-of-{len(written):05d}.safetensors'
-    os.replace(out_dir / tmp_name, out_dir / final)
-    names.append(final)
-    weight_map.update({key: final for key in keys})
-  index = {'metadata': {'total_size': sum(s for *_, s in written)}, 'weight_map': weight_map}
+  names, weight_map, total = [], {}, 0
+  for k, shard in enumerate(shards):
+    name = f'model-{k + 1:05d}-of-{len(shards):05d}.safetensors'
+    total += write_safetensors(out_dir / name, shard, dtype)
+    names.append(name)
+    weight_map.update({t.name: name for t in shard})
+  index = {'metadata': {'total_size': total}, 'weight_map': weight_map}
   (out_dir / SAFETENSORS_INDEX).write_text(json.dumps(index, indent=2))
   return names + [SAFETENSORS_INDEX]
 

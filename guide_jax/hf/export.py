@@ -1,6 +1,7 @@
 """A guide_jax run as a Hugging Face directory that transformers loads.
 
-`export_run(workdir, out)` reads one checkpoint's parameters and metadata and writes
+`export_run(workdir, out)` reads one checkpoint's parameters (leaf by leaf: the model is
+never whole in host memory) and metadata and writes
 config.json, generation_config.json, model.safetensors (sharded with an index above
 `max_shard_bytes`) and the tokenizer files. The family is the model's own
 (`model.family`, set for students of imported teachers) or the one its architecture
@@ -11,10 +12,12 @@ a failed export leaves nothing behind and an existing directory is never touched
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 import shutil
 import tempfile
+from typing import Callable
 
 import jax
 import jax.numpy as jnp
@@ -33,27 +36,37 @@ from guide_jax.train import checkpointing
 ConfigError = config_lib.ConfigError
 
 
-def restore_run(workdir, step: int | None = None):
-  """(model config, params on one device, checkpoint meta, step) of a run's checkpoint."""
+def _open_run(workdir, step: int | None):
+  """(Checkpointer, step, meta, model config) of a run; CheckpointError when unusable."""
   workdir = paths.workdir_path(workdir)
   ckpt_dir = workdir / 'checkpoints'
   if not ckpt_dir.is_dir():
     raise checkpointing.CheckpointError(
         f'--workdir={str(workdir)!r} has no checkpoints/; point it at a training run')
   ckpt = checkpointing.Checkpointer(ckpt_dir, 1, False)
+  steps = ckpt.all_steps()
+  step = ckpt.latest_step() if step is None else step
+  if step is None or step not in steps:
+    ckpt.close()
+    raise checkpointing.CheckpointError(
+        f'--step={step} is not among the checkpoints of {str(workdir)!r} ({steps}); '
+        f'pick one of them')
+  meta = ckpt.restore_meta(step)
+  return ckpt, step, meta, config_lib.complete_model(meta['model'])
+
+
+def _one_device_abstract(model):
+  device = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
+  return device, jax.tree.map(
+      lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=device),
+      transformer.abstract_params(model))
+
+
+def restore_run(workdir, step: int | None = None):
+  """(model config, params on one device, checkpoint meta, step) of a run's checkpoint."""
+  ckpt, step, meta, model = _open_run(workdir, step)
   try:
-    steps = ckpt.all_steps()
-    step = ckpt.latest_step() if step is None else step
-    if step is None or step not in steps:
-      raise checkpointing.CheckpointError(
-          f'--step={step} is not among the checkpoints of {str(workdir)!r} ({steps}); '
-          f'pick one of them')
-    meta = ckpt.restore_meta(step)
-    model = config_lib.complete_model(meta['model'])
-    device = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
-    abstract = jax.tree.map(lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=device),
-                            transformer.abstract_params(model))
-    params = ckpt.restore_params(step, abstract)
+    params = ckpt.restore_params(step, _one_device_abstract(model)[1])
   finally:
     ckpt.close()
   return model, params, meta, step
@@ -89,18 +102,29 @@ def _write_tokenizer(meta: dict, out: epath.Path) -> list[str]:
   return ['tokenizer.model', 'tokenizer_config.json']
 
 
-def write_hf_dir(model: ml_collections.ConfigDict, params: dict, out: epath.Path,
+def write_hf_dir(model: ml_collections.ConfigDict, params: dict | Callable, out: epath.Path,
                  special_ids: dict, dtype: str, max_shard_bytes: int) -> list[str]:
-  """config.json, generation_config.json and safetensors of `params` into `out`."""
+  """config.json, generation_config.json and safetensors into `out`. `params` is the
+  parameter tree, or a function from a leaf's path to the leaf (read on demand)."""
   family = families.export_family(model)
   target = np.dtype(jnp.dtype(dtype))
+  read = params if callable(params) else functools.partial(hf_checkpoint.get_path, params)
+  # The last few leaves read stay at hand: a fused tensor (GPT-2's c_attn) takes three
+  # per layer, every other tensor one, and layers of one leaf are written in a row.
+  read = functools.lru_cache(maxsize=3)(read)
+  abstract = transformer.abstract_params(model)
 
   def leaf(path, layer):
-    value = hf_checkpoint.get_path(params, path)
-    return np.asarray(jax.device_get(value if layer is None else value[layer])).astype(target)
+    value = read(path)
+    return np.asarray(jax.device_get(value if layer is None else value[layer])).astype(
+        target, copy=False)
 
-  files = hf_checkpoint.save_tensors(hf_checkpoint.hf_tensors(model, leaf, family), out,
-                                     max_shard_bytes)
+  def leaf_shape(path):
+    shape = hf_checkpoint.get_path(abstract, path).shape
+    return shape[1:] if path[0] == 'blocks' else shape
+
+  plan = hf_checkpoint.export_plan(model, leaf, leaf_shape, family)
+  files = hf_checkpoint.save_tensors(plan, out, target, max_shard_bytes)
   hf_config = {**family.hf_config(model), **special_ids, 'dtype': dtype, 'use_cache': True}
   (out / 'config.json').write_text(json.dumps(hf_config, indent=2))
   generation = {k: v for k, v in special_ids.items() if v is not None}
@@ -117,19 +141,28 @@ def export_run(workdir, out_dir, step: int | None = None, dtype: str = '',
                       f'one (nothing is overwritten)')
   if dtype not in ('', 'float32', 'bfloat16'):
     raise ConfigError(f"--dtype={dtype!r} must be 'float32' or 'bfloat16'")
-  model, params, meta, step = restore_run(workdir, step)
+  ckpt, step, meta, model = _open_run(workdir, step)
+  ckpt.close()
   family = families.export_family(model)  # refuse before writing anything
+  device, abstract = _one_device_abstract(model)
+  reader = checkpointing.LeafReader(paths.workdir_path(workdir) / 'checkpoints', step,
+                                    abstract, device)
   out.parent.mkdir(parents=True, exist_ok=True)
   tmp = epath.Path(tempfile.mkdtemp(dir=out.parent, prefix=f'.{out.name}.partial-'))
   try:
-    files = write_hf_dir(model, params, tmp, _special_ids(meta), dtype or model.param_dtype,
-                         max_shard_bytes)
+    files = write_hf_dir(model, reader.read, tmp, _special_ids(meta),
+                         dtype or model.param_dtype, max_shard_bytes)
     files += _write_tokenizer(meta, tmp)
+    umask = os.umask(0)
+    os.umask(umask)
+    os.chmod(tmp, 0o777 & ~umask)  # mkdtemp makes it private; an export is for sharing
     if out.exists():
       out.rmdir()  # empty, checked above
     os.replace(tmp, out)
   except BaseException:
     shutil.rmtree(tmp, ignore_errors=True)
     raise
+  finally:
+    reader.close()
   return {'out': str(out), 'step': step, 'family': family.name,
           'files': sorted(files)}

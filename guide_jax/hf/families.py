@@ -52,6 +52,13 @@ class Tensor:
       value = value.T
     return np.ascontiguousarray(value.reshape(shape))
 
+  def hf_shape(self, shape: tuple[int, ...]) -> tuple[int, ...]:
+    """The shape `to_hf` gives for our leaf (one layer) of `shape` (this row's part)."""
+    if self.layout == 'copy':
+      return (math.prod(shape),) if len(shape) > 1 and self.hf.endswith('.bias') else shape
+    n_in, n_out = math.prod(shape[:self.n_in]), math.prod(shape[self.n_in:])
+    return (n_out, n_in) if self.layout == 'linear' else (n_in, n_out)
+
   def to_hf(self, value: np.ndarray) -> np.ndarray:
     """Our leaf -> the Hugging Face tensor (or this row's part of a fused one)."""
     if self.layout == 'copy':

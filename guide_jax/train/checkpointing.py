@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import os
 
+import jax
 import orbax.checkpoint as ocp
 
 from guide_jax import paths
@@ -78,4 +79,39 @@ class Checkpointer:
 
   def close(self) -> None:
     self._manager.wait_until_finished()
+    self._manager.close()
+
+
+class LeafReader:
+  """One parameter of a checkpoint at a time, restored onto `sharding` (an export reads a
+  model leaf by leaf, so it never holds the whole model). Other leaves are placeholders."""
+
+  def __init__(self, directory: str | os.PathLike, step: int, abstract_params: dict, sharding):
+    self.directory, self.step = paths.workdir_path(directory), step
+    self._abstract, self._sharding = abstract_params, sharding
+    self._manager = ocp.CheckpointManager(
+        self.directory, options=ocp.CheckpointManagerOptions(create=False),
+        item_handlers={'params': ocp.PyTreeCheckpointHandler()})
+
+  def read(self, path: tuple[str, ...]):
+    def pick(key_path, leaf):
+      if tuple(k.key for k in key_path) != tuple(path):
+        return ocp.PLACEHOLDER
+      return ocp.ArrayRestoreArgs(sharding=self._sharding, global_shape=leaf.shape,
+                                  dtype=leaf.dtype)
+    restore_args = jax.tree_util.tree_map_with_path(pick, self._abstract)
+    item = jax.tree.map(lambda a, r: ocp.PLACEHOLDER if r is ocp.PLACEHOLDER else a,
+                        self._abstract, restore_args)
+    try:
+      restored = self._manager.restore(self.step, args=ocp.args.Composite(
+          params=ocp.args.PyTreeRestore(item=item, restore_args=restore_args)))['params']
+    except Exception as e:  # orbax raises many types for a damaged directory
+      raise CheckpointError(f'checkpoint {self.directory}/{self.step}: parameter '
+                            f'{".".join(path)} is unreadable ({type(e).__name__}); move it '
+                            f'away or export another --step') from e
+    for key in path:
+      restored = restored[key]
+    return restored
+
+  def close(self) -> None:
     self._manager.close()
