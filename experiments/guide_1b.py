@@ -6,7 +6,21 @@
 For a TPU pod slice (FSDP over all chips, bfloat16 compute, float32 params, the teacher
 stored in bfloat16); not runnable on a laptop. ~20B tokens: 19,000 steps of 512 x 2048.
 The tests validate it and build teacher, student and the GUIDE projection abstractly.
+
+  python -m guide_jax.main --config=experiments/guide_1b.py:runlocal --workdir=/tmp/guide_1b_local
+
+`runlocal` (big_vision's convention) is the same experiment at tiny sizes for a CPU smoke
+test: every architecture choice (learned positions, RMSNorm, SwiGLU, tied embeddings, the
+GQA ratio, head width relative to the model, the teacher/student ratios of width, heads,
+MLP and depth), the GUIDE and loss settings, bfloat16 compute, remat and the FSDP mesh
+are kept; widths are divided by 32, heads by 4, depth by 8 (rounded up). The teacher is
+pretrained into WORKDIR/teacher first (30 steps), then the student trains 30 steps, on
+the embedded corpus (the stdlib's `email` package, a 512-piece SentencePiece model).
+About a minute on 2 CPU cores.
 """
+
+import copy
+import math
 
 from guide_jax import config as config_lib
 from guide_jax import losses
@@ -33,7 +47,31 @@ def teacher_config():
   return _family(config_lib.base_config(), 2560, 32, 20, 10240)
 
 
-def get_config():
+def runlocal(c, teacher):
+  """`c` (a student config of this family) and its `teacher` config shrunk for a CPU: the
+  student trains from a teacher pretrained into WORKDIR/teacher (see the docstring)."""
+  lm_tiny = config_lib.load_experiment_module('lm_tiny').get_config()
+  for cfg in (c, teacher):
+    m = cfg.model
+    group = m.n_heads // m.n_kv_heads
+    n_kv = max(1, m.n_kv_heads // 4)
+    m.update(dict(vocab_size=lm_tiny.model.vocab_size, d_model=m.d_model // 32,
+                  n_layers=math.ceil(m.n_layers / 8), n_kv_heads=n_kv, n_heads=n_kv * group,
+                  head_dim=m.head_dim // 8, mlp_dim=m.mlp_dim // 32, max_len=64))
+    cfg.data = copy.deepcopy(lm_tiny.data)  # embedded corpus (email package), seq 64, batch 8
+    cfg.data.tokenizer = ''           # a SentencePiece model trained on it, cached
+    cfg.train.update(dict(steps=30, warmup_steps=5, log_every=10, eval_every=30,
+                          checkpoint_every=30))
+    cfg.topology = ''
+  c.teacher.checkpoint = ''
+  c.teacher.pretrain = teacher
+  return c
+
+
+def get_config(arg: str = ''):
+  if arg not in ('', 'runlocal'):
+    raise config_lib.ConfigError(f"experiments/guide_1b.py:{arg}: the only variant is "
+                                 f"'runlocal'")
   c = _family(config_lib.base_config(), 2048, 14, 16, 8192)  # ~1.0B student
   c.teacher.checkpoint = ''            # set to the teacher's workdir on the command line
   # Smallest slice it fits with this batch (512 x 2048): 32 v5p chips, 51.9 of 95 GiB per
@@ -49,4 +87,4 @@ def get_config():
   c.guide.blocks = 'all'
   c.loss.kd = losses.weight_config(1.0)
   c.loss.temperature = 1.0
-  return c
+  return runlocal(c, teacher_config()) if arg == 'runlocal' else c

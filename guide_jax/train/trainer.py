@@ -1,6 +1,6 @@
 """The trainer: a numbered recipe, read top to bottom, inside one mesh context.
 
-  1. validate the config            6. restore the latest checkpoint, if any
+  1. validate the config (+ machine) 6. restore the latest checkpoint, if any
   2. processes and the device mesh  7. compile the train and eval steps
   3. data                           8. train: log, evaluate, checkpoint, honour SIGTERM
   4. model parameters, sharded      9. final evaluation and checkpoint
@@ -30,7 +30,7 @@ from guide_jax import config as config_lib
 from guide_jax import guide, losses, paths, sharding
 from guide_jax.data import pipeline
 from guide_jax.models import transformer
-from guide_jax.train import checkpointing, flops, optimizer, steps
+from guide_jax.train import checkpointing, flops, optimizer, preflight, steps
 from guide_jax.train import teacher as teacher_lib
 from guide_jax.train import metrics as metrics_lib
 from guide_jax.train.checkpointing import CheckpointError
@@ -161,8 +161,10 @@ def train(config: ml_collections.ConfigDict, workdir: str | os.PathLike, *,
 
   # 1. Validate before touching anything: processes and devices first, so the mesh
   #    check sees the real device count. A teacher to pretrain is trained first.
+  #    Then this machine: remote paths reachable, and enough memory for the run.
   sharding.maybe_initialize_distributed(cfg.distributed)
   config_lib.validate(cfg, jax.device_count(), jax.process_count())
+  preflight.check_remote_paths(cfg, workdir)
   if distill:
     if cfg.teacher.pretrain:
       config_lib.validate(cfg.teacher.pretrain, jax.device_count(), jax.process_count())
@@ -170,6 +172,8 @@ def train(config: ml_collections.ConfigDict, workdir: str | os.PathLike, *,
       losses.DistillLoss(cfg.loss, cfg.train.steps)
     except ValueError as e:
       raise ConfigError(str(e)) from None
+  preflight.check_memory(cfg, teacher_lib.model_config(cfg) if distill else None)
+  if distill:
     teacher_dir = teacher_lib.ensure_trained(cfg, workdir, train)
 
   # 2. Mesh; everything below runs inside it with the config's logical-axis rules.
