@@ -24,20 +24,50 @@ def _config_error_in(error: BaseException | None):
   return found
 
 
+def _last_line(error: BaseException) -> str:
+  lines = [line.strip() for line in str(error).strip().splitlines() if line.strip()]
+  message = lines[-1] if lines else type(error).__name__
+  if 'Traceback' in str(error):  # config_flags re-raised it with the traceback as text
+    message = message.split(': ', 1)[-1]
+  return message
+
+
 def parse_flags(argv: list[str]) -> list[str]:
-  """absl's flag parsing, except that a ConfigError raised while a config file is loaded
-  (experiments/distill_hf.py reads its teacher there) is one `error:` line and exit 2."""
+  """absl's flag parsing, with what goes wrong in it as one `error:` line and exit 2.
+
+  ml_collections loads the config file and applies `--config.x=...` overrides while the
+  flags are parsed: a missing file, a syntax error, an override of a field the config
+  lacks or of the wrong type, and a ConfigError raised by the file itself
+  (experiments/distill_hf.py reads its teacher there) all surface here.
+  """
   try:
     return flags.FLAGS(argv)
-  except flags.Error as e:
+  except (flags.Error, OSError, SyntaxError, AttributeError, ValueError, TypeError,
+          KeyError) as e:
     cause = _config_error_in(e)
-    if cause is None:
-      raise
-    message = str(cause).strip().splitlines()[-1]
-    if 'Traceback' in str(cause):  # config_flags re-raised it with the traceback as text
-      message = message.split(': ', 1)[-1]
+    if cause is not None:
+      message = _last_line(cause)
+    elif isinstance(e, AttributeError):  # ConfigDict: no such field
+      message = (f'--config: an override names the field {str(e).strip(chr(34))}, which '
+                 f'the config does not have; check it against guide_jax/config.py')
+    else:
+      message = _last_line(e)
+      if not message.startswith(('flag ', '--')):
+        message = f'--config: {message} ({type(e).__name__})'
     print(f'error: {message}', file=sys.stderr)
     sys.exit(2)
+
+
+def config_value(holder):
+  """A config flag's value. A config file that could not be read at all surfaces only here
+  (config_flags defers it to the first read), as a ConfigError."""
+  from guide_jax import config as config_lib
+  try:
+    value = holder.value
+    getattr(value, 'to_dict')  # a failed load is a proxy that raises on first use
+    return value
+  except OSError as e:
+    raise config_lib.ConfigError(f'--{holder.name}: {_last_line(e)}') from None
 
 
 def run(body: Callable[[], int | None]) -> None:

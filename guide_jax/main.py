@@ -22,7 +22,7 @@ def main(argv):
 
   def body():
     from guide_jax.train import trainer
-    trainer.train(_CONFIG.value, _WORKDIR.value)
+    trainer.train(cli.config_value(_CONFIG), _WORKDIR.value)
 
   cli.run(body)
 

@@ -57,6 +57,29 @@ def test_import_matches_transformers(family_dir):
   np.testing.assert_allclose(ours, ref, atol=1e-4, rtol=0)
 
 
+@pytest.mark.parametrize('family', ['gpt2', 'qwen3'])
+def test_import_onto_a_sharded_mesh_equals_one_device(family, tmp_path):
+  """Teacher shards assembled by make_array_from_callback (fsdp=4 x tensor=2) hold the
+  same values as the one-device import, in bfloat16 (teacher.dtype) too."""
+  from etils import epath
+  from guide_jax import sharding
+  from guide_jax.train import teacher as teacher_lib
+  directory = hf_models.make(family, str(tmp_path))
+  model = hf_checkpoint.model_config(directory)
+  reference = parity.load_on_one_device(directory, model)
+  cfg = config_lib.base_config()
+  cfg.mesh.update(dict(data=1, fsdp=4, tensor=2))
+  mesh, rules = sharding.make_mesh(cfg.mesh), tuple(cfg.logical_rules)
+  with jax.set_mesh(mesh), sharding.use_rules(rules):
+    for dtype in ('float32', 'bfloat16'):
+      t = teacher_lib.load(epath.Path(directory), mesh, rules, dtype)
+      assert t.params['blocks']['mlp']['w_out'].sharding.spec == \
+          jax.sharding.PartitionSpec(None, 'tensor', 'fsdp')
+      want = jax.tree.map(lambda a, d=dtype: np.asarray(a).astype(jnp.dtype(d)), reference)
+      jax.tree.map(lambda a, b: np.testing.assert_array_equal(np.asarray(a), b), t.params,
+                   want)
+
+
 def test_export_loads_in_transformers_and_round_trips_bitwise(family_dir, tmp_path):
   family, directory = family_dir
   model = hf_checkpoint.model_config(directory)

@@ -1,0 +1,31 @@
+"""Every command's bad input is one `error:` line and exit 2 (guide_jax/cli.py)."""
+
+import os
+import subprocess
+import sys
+
+import pytest
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+@pytest.mark.parametrize('args,expected', [
+    (['--config=experiments/no_such_file.py'], "--config: [Errno 2] No such file"),
+    (['--config=experiments/lm_tiny.py', '--config.model.nonexistent=1'],
+     "the field 'nonexistent', which the config does not have"),
+    (['--config=experiments/lm_tiny.py', '--config.train.steps=abc'],
+     'flag --config.train.steps=abc: invalid literal'),
+    (['--config=BAD'], '--config: invalid syntax'),
+    (['--config=experiments/guide_1b.py:nolocal'], "the only variant is 'runlocal'"),
+])
+def test_config_file_errors_are_one_line(args, expected, tmp_path):
+  args = [a.replace('BAD', str(tmp_path / 'bad.py')) for a in args]
+  (tmp_path / 'bad.py').write_text('def get_config(:\n')
+  work = tmp_path / 'run'
+  env = {k: v for k, v in os.environ.items() if k != 'XLA_FLAGS'}
+  r = subprocess.run([sys.executable, '-m', 'guide_jax.main', *args, f'--workdir={work}'],
+                     cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
+  lines = [line for line in r.stderr.splitlines() if line.strip()]
+  assert r.returncode == 2 and len(lines) == 1, r.stderr[-2000:]
+  assert lines[0].startswith('error: ') and expected in lines[0], lines[0]
+  assert not work.exists()
