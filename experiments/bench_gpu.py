@@ -7,7 +7,7 @@ Student: d 768, 12 blocks, 12 heads of 64, SwiGLU 2048, vocab 32768 (~110M param
 teacher: d 1536, 12 blocks, 24 heads, SwiGLU 4096 (~390M, ~3.5x, the paper's ratio).
 Batch 32 x 1024 tokens, bfloat16 matmuls with float32 parameters and accumulation, the
 teacher stored in bfloat16. Synthetic tokens; only the student's train step is timed.
-Results on an H100 in benchmarks/gpu_bench.md.
+Results on an H100 in benchmarks/README.md (run there by benchmarks/gpu_run.sh).
 """
 
 from guide_jax import config as config_lib

@@ -96,7 +96,9 @@ def compile_step(cfg, t_model, devices):
                                      sharding=batch_sharding)
              for k in ('inputs', 'targets', 'segment_ids', 'positions', 'loss_weights')}
     loss = losses.DistillLoss(cfg.loss, cfg.train.steps, cfg.train.z_loss)
-    objective = trainer.distill_objective(s_model, t_model, loss, layers)
+    objective = trainer.distill_objective(
+        s_model, t_model, loss, layers,
+        losses.resolve_chunk_len(cfg.loss.chunk_len, cfg.data.seq_len))
     step = trainer.jit_train_step(objective, tx, cfg.train, shardings)
     start = time.perf_counter()
     compiled = step.lower(state, batch, teacher_params, theta_hat).compile()

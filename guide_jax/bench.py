@@ -117,7 +117,9 @@ def run_arms(cfg, steps: int, arms: list[str], log=print) -> dict:
       loss_cfg.kd = losses.weight_config(w_kd)
       loss_cfg.match = losses.weight_config(w_match)
       loss = losses.DistillLoss(loss_cfg, cfg.train.steps)
-      objective = trainer.distill_objective(s_model, t_model, loss, layers)
+      objective = trainer.distill_objective(
+          s_model, t_model, loss, layers,
+          losses.resolve_chunk_len(cfg.loss.chunk_len, cfg.data.seq_len))
       step_fn = trainer.jit_train_step(objective, tx, cfg.train, state_shardings)
 
       def init(key, use_guide=use_guide):

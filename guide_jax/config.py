@@ -203,6 +203,10 @@ def validate(c: ml_collections.ConfigDict, num_devices: int, num_processes: int 
            "data.eval_split='test' needs data.test_percent > 0 and the embedded backend "
            "(seqio evaluates data.seqio_eval_split)")
   _require(d.eval_batches > 0, f'data.eval_batches={d.eval_batches} must be positive')
+  chunk = c.loss.chunk_len
+  _require(chunk in (-1, 0) or (chunk > 0 and d.seq_len % chunk == 0),
+           f'loss.chunk_len={chunk} must be -1 (auto), 0 (off) or divide '
+           f'data.seq_len={d.seq_len}')
   try:
     mesh_shape = sharding.resolve_mesh_shape(c.mesh, num_devices)
   except ValueError as e:

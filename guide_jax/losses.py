@@ -12,6 +12,8 @@ import jax.numpy as jnp
 import ml_collections
 import optax
 
+from guide_jax import sharding
+
 
 def cross_entropy_sums(logits: jax.Array, targets: jax.Array, weights: jax.Array
                        ) -> dict[str, jax.Array]:
@@ -88,7 +90,60 @@ def loss_config() -> ml_collections.ConfigDict:
   c.kd_kind = 'forward_kl'          # 'forward_kl', 'reverse_kl' or 'jsd'
   c.temperature = 1.0               # tau (KD is scaled by tau^2)
   c.jsd_beta = 0.5                  # mixture weight of the teacher in jsd
+  # Fused output layer + losses: the [B, S, V] logits of student and teacher are computed
+  # chunk_len sequence positions at a time (and again in the backward), never whole.
+  # -1 = auto (256 when data.seq_len is a larger multiple of it), 0 = off, N = N positions.
+  c.chunk_len = -1
   return c
+
+
+AUTO_CHUNK_LEN = 256
+
+
+def resolve_chunk_len(chunk_len: int, seq_len: int) -> int:
+  """The positions per output-layer chunk for `loss.chunk_len` (0: unfused)."""
+  if chunk_len == -1:
+    return AUTO_CHUNK_LEN if seq_len > AUTO_CHUNK_LEN and seq_len % AUTO_CHUNK_LEN == 0 else 0
+  return 0 if chunk_len >= seq_len else chunk_len
+
+
+def chunked_output_sums(per_chunk, h_student, w_student, targets, weights, chunk_len: int,
+                        dtype, h_teacher=None, w_teacher=None) -> tuple[jax.Array, dict]:
+  """`per_chunk(student_logits, teacher_logits, targets, weights) -> (loss, sums)` summed
+  over chunks of `chunk_len` sequence positions, the logits never whole.
+
+  h_*: final-normed hidden states [B, S, d]; w_*: output kernels [d, V]. A lax.scan over
+  chunks of the sequence axis (the batch axis keeps its sharding, the vocabulary its
+  own); jax.checkpoint on the body makes the backward recompute each chunk's logits
+  instead of keeping them, so memory holds one chunk's [B, chunk, V] at a time. Gradients
+  are those of the unfused computation (only the summation order differs).
+  """
+  b, s = targets.shape
+  n = s // chunk_len
+
+  def split(x):
+    return None if x is None else x.reshape(b, n, chunk_len, *x.shape[2:]).swapaxes(0, 1)
+
+  def logits(h, w):
+    z = jnp.einsum('bcd,dv->bcv', h.astype(dtype), w.astype(dtype),
+                   preferred_element_type=jnp.float32)
+    return sharding.constrain(z, ('act_batch', 'act_length', 'act_vocab'))
+
+  @jax.checkpoint
+  def chunk(xs):
+    hs, ht, tg, wt = xs
+    zt = None if ht is None else jax.lax.stop_gradient(logits(ht, w_teacher))
+    return per_chunk(logits(hs, w_student), zt, tg, wt)
+
+  xs = (split(h_student), split(h_teacher), split(targets), split(weights))
+  zero = jax.tree.map(lambda a: jnp.zeros(a.shape, a.dtype),
+                      jax.eval_shape(chunk, jax.tree.map(lambda x: x[0], xs)))
+
+  def body(total, x):
+    return jax.tree.map(jnp.add, total, chunk(x)), None
+
+  total, _ = jax.lax.scan(body, zero, xs)
+  return total
 
 
 class DistillLoss:
@@ -115,19 +170,36 @@ class DistillLoss:
     uses = lambda w: w.value > 0 or (w.kind != 'constant' and w.end_value > 0)
     self.uses_kd, self.uses_match = uses(cfg.kd), uses(cfg.match)
 
-  def sums(self, step, student_logits, batch, teacher_logits=None, match=None):
-    """(weighted loss sum, metric sums) for one (micro-)batch."""
-    weights = batch['loss_weights']
-    sums = cross_entropy_sums(student_logits, batch['targets'], weights)
+  def logit_sums(self, step, student_logits, teacher_logits, targets, weights):
+    """(weighted loss sum, metric sums) of the logit terms (CE, z-loss, KD) of any set of
+    tokens: a whole micro-batch, or one chunk of the fused output layer."""
+    sums = cross_entropy_sums(student_logits, targets, weights)
     loss = self.w_ce(step) * sums['ce'] + self.z_loss * sums['z']
     if teacher_logits is not None:
       kd = jnp.sum(kd_per_token(student_logits, teacher_logits, self.cfg.temperature,
                                 self.cfg.kd_kind, self.cfg.jsd_beta) * weights)
-      teacher = cross_entropy_sums(teacher_logits, batch['targets'], weights)
+      teacher = cross_entropy_sums(teacher_logits, targets, weights)
       agree = (jnp.argmax(student_logits, -1) == jnp.argmax(teacher_logits, -1))
       sums.update(kd=kd, teacher_ce=teacher['ce'],
                   agreement=jnp.sum(agree.astype(jnp.float32) * weights))
       loss += self.w_kd(step) * kd
+    return loss, sums
+
+  def sums(self, step, student_logits, batch, teacher_logits=None, match=None):
+    """(weighted loss sum, metric sums) for one (micro-)batch."""
+    loss, sums = self.logit_sums(step, student_logits, teacher_logits, batch['targets'],
+                                 batch['loss_weights'])
+    return self.add_match(step, loss, sums, match)
+
+  def fused_sums(self, step, h_student, w_student, batch, chunk_len, dtype, h_teacher=None,
+                 w_teacher=None, match=None):
+    """`sums` with the output layer fused into the loss (chunked_output_sums)."""
+    loss, sums = chunked_output_sums(
+        lambda zs, zt, tg, wt: self.logit_sums(step, zs, zt, tg, wt), h_student, w_student,
+        batch['targets'], batch['loss_weights'], chunk_len, dtype, h_teacher, w_teacher)
+    return self.add_match(step, loss, sums, match)
+
+  def add_match(self, step, loss, sums, match):
     if match is not None:
       # MATCH is per step, not per token: weight it by this micro-batch's share of tokens
       # so that the step's division by the total weight leaves w_match * MATCH.

@@ -38,13 +38,24 @@ from guide_jax.train.checkpointing import CheckpointError
 ConfigError = config_lib.ConfigError
 
 
-def lm_objective(model_cfg: ml_collections.ConfigDict, z_loss: float) -> steps.Objective:
-  """Next-token cross-entropy (+ z-loss): the pretraining objective."""
+def lm_objective(model_cfg: ml_collections.ConfigDict, z_loss: float,
+                 chunk_len: int = 0) -> steps.Objective:
+  """Next-token cross-entropy (+ z-loss): the pretraining objective. `chunk_len` > 0 fuses
+  the output layer into the loss (losses.chunked_output_sums)."""
+
+  def terms(logits, _, targets, weights):
+    sums = losses.cross_entropy_sums(logits, targets, weights)
+    return sums['ce'] + z_loss * sums['z'], sums
 
   def objective(params, batch, step):
-    logits = transformer.apply(model_cfg, params, batch)
-    sums = losses.cross_entropy_sums(logits, batch['targets'], batch['loss_weights'])
-    return sums['ce'] + z_loss * sums['z'], sums
+    model = transformer.bind(model_cfg, params)
+    hidden = model.hidden(batch['inputs'], batch['positions'], batch['segment_ids'])
+    if chunk_len:
+      return losses.chunked_output_sums(terms, hidden, model.output_kernel(),
+                                        batch['targets'], batch['loss_weights'], chunk_len,
+                                        jnp.dtype(model_cfg.dtype))
+    return terms(model.logits_from_hidden(hidden), None, batch['targets'],
+                 batch['loss_weights'])
 
   return objective
 
@@ -132,17 +143,28 @@ def param_table(params: dict) -> str:
 
 
 def distill_objective(student_cfg, teacher_cfg, loss: losses.DistillLoss,
-                      layers) -> steps.Objective:
-  """w_ce CE + w_kd KD (teacher forward under stop_gradient) + w_match MATCH."""
+                      layers, chunk_len: int = 0) -> steps.Objective:
+  """w_ce CE + w_kd KD (teacher forward under stop_gradient) + w_match MATCH. `chunk_len`
+  > 0 fuses both models' output layers into the loss: no [B, S, V] logits are held."""
 
   def objective(params, batch, step, teacher_params, theta_hat):
-    student_logits = transformer.apply(student_cfg, params, batch)
+    tokens = (batch['inputs'], batch['positions'], batch['segment_ids'])
+    student = transformer.bind(student_cfg, params)
+    h_student = student.hidden(*tokens)
+    h_teacher = w_teacher = None
+    if loss.uses_kd:
+      teacher = transformer.bind(teacher_cfg, teacher_params)
+      h_teacher = jax.lax.stop_gradient(teacher.hidden(*tokens))
+      w_teacher = jax.lax.stop_gradient(teacher.output_kernel())
+    match = guide.match_loss(params, theta_hat, layers) if loss.uses_match else None
+    if chunk_len:
+      return loss.fused_sums(step, h_student, student.output_kernel(), batch, chunk_len,
+                             jnp.dtype(student_cfg.dtype), h_teacher, w_teacher, match)
     teacher_logits = None
     if loss.uses_kd:
-      teacher_logits = jax.lax.stop_gradient(
-          transformer.apply(teacher_cfg, teacher_params, batch))
-    match = guide.match_loss(params, theta_hat, layers) if loss.uses_match else None
-    return loss.sums(step, student_logits, batch, teacher_logits, match)
+      teacher_logits = jax.lax.stop_gradient(teacher.logits_from_hidden(h_teacher))
+    return loss.sums(step, student.logits_from_hidden(h_student), batch, teacher_logits,
+                     match)
 
   return objective
 
@@ -245,15 +267,16 @@ def train(config: ml_collections.ConfigDict, workdir: str | os.PathLike, *,
 
     # 7. Compile: explicit shardings, the state donated so params update in place; the
     #    teacher and theta_hat are inputs, never outputs (no gradient, no optimizer state).
+    chunk_len = losses.resolve_chunk_len(cfg.loss.chunk_len, cfg.data.seq_len)
     batch_shardings = {k: sharding.batch_sharding(mesh, rules) for k in
                        ('inputs', 'targets', 'segment_ids', 'positions', 'loss_weights')}
     if distill:
       loss = losses.DistillLoss(cfg.loss, cfg.train.steps, cfg.train.z_loss)
-      objective = distill_objective(model_cfg, teacher.model, loss, layers)
+      objective = distill_objective(model_cfg, teacher.model, loss, layers, chunk_len)
       extra, extra_shardings = (teacher.params, theta_hat), (teacher.shardings,
                                                              _like(theta_hat, param_shardings))
     else:
-      objective = lm_objective(model_cfg, cfg.train.z_loss)
+      objective = lm_objective(model_cfg, cfg.train.z_loss, chunk_len)
       extra, extra_shardings = (), ()
     train_step = jit_train_step(objective, tx, cfg.train, shardings,
                                 (batch_shardings, *extra_shardings))
@@ -347,7 +370,8 @@ def train(config: ml_collections.ConfigDict, workdir: str | os.PathLike, *,
 def _teacher_evals(cfg, teacher, m, data, mesh, rules) -> dict[str, float]:
   """Eval loss of the teacher, and (guide.approx_teacher_eval) of the teacher with E_T and
   P_T replaced by their PCA reconstructions E M M^T: what the compression alone costs."""
-  teacher_eval = jax.jit(steps.make_eval_step(lm_objective(teacher.model, 0.0)),
+  chunk_len = losses.resolve_chunk_len(cfg.loss.chunk_len, cfg.data.seq_len)
+  teacher_eval = jax.jit(steps.make_eval_step(lm_objective(teacher.model, 0.0, chunk_len)),
                          in_shardings=(teacher.shardings, None))
   out = {'teacher/eval_loss': evaluate(teacher_eval, teacher.params, data.eval_batches, mesh,
                                        rules)[metrics_lib.EVAL_LOSS]}
