@@ -206,6 +206,9 @@ def report(cfg, module, topology: str, whole_step: bool = True) -> dict:
                      'xla_flops_whole_step': step_flops if whole_step else None,
                      'xla_bytes_accessed_whole_step': step_bytes if whole_step else None},
       'fits': total <= hbm,
+      # the figures to compare run to run, in GiB per chip
+      'per_chip_gib': total / 2**30, 'temporaries_gib': mem.temp_size_in_bytes / 2**30,
+      'capacity_gib': hbm / 2**30,
       'model_flops_per_step': model_flops,
       'roofline_step_s': roofline_s,
       'roofline_bound_by': 'compute' if compute_s >= memory_s else 'memory',

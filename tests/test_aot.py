@@ -41,6 +41,8 @@ def test_tiny_distillation_step_compiles_for_a_v5e_slice():
   d = r['per_device']
   assert 0 < d['total_bytes'] <= d['hbm_bytes'] == 16 * 2**30
   assert d['xla_flops_loop_bodies_once'] > 0 and 0 < r['roofline_mfu'] <= 1
+  assert r['per_chip_gib'] == d['total_bytes'] / 2**30 and r['capacity_gib'] == 16.0
+  assert r['temporaries_gib'] == d['temp_bytes'] / 2**30 and r['compile_s'] > 0
   # lm_tiny's 2 blocks per stack: the whole step costs more than one scanned body
   assert d['xla_flops_whole_step'] > d['xla_flops_loop_bodies_once']
   assert r['roofline_bound_by'] in ('compute', 'memory')
