@@ -20,7 +20,7 @@ import math
 import os
 import shutil
 import struct
-from typing import Callable, Iterator
+from typing import Callable
 
 import jax
 import ml_collections
