@@ -241,6 +241,26 @@ def validate(c: ml_collections.ConfigDict, num_devices: int, num_processes: int 
                f'use one of {sharding.MESH_AXES}')
   missing = {'vocab', 'embed', 'act_batch'} - rule_names
   _require(not missing, f'logical_rules lacks {sorted(missing)}; add a rule for each')
+  if c.teacher.checkpoint or c.teacher.pretrain:
+    validate_guide(c)
+
+
+GUIDE_CHOICES = {'init': ('none', 'embeddings', 'blocks'), 'blocks': ('first', 'all'),
+                 'pca_rows': ('embed', 'embed+pos')}
+
+
+def validate_guide(c: ml_collections.ConfigDict) -> None:
+  """GUIDE's settings of a distillation run: no value that would be ignored silently."""
+  g = c.guide
+  for name, choices in GUIDE_CHOICES.items():
+    _require(g[name] in choices, f'guide.{name}={g[name]!r} must be one of {choices}')
+  _require(not (g.unembed and c.model.tie_embeddings),
+           'guide.unembed=True needs an untied student (model.tie_embeddings=False); with '
+           'tied embeddings the output layer follows the guided embedding already')
+  match = c.loss.match
+  _require(g.init != 'none' or (match.value == 0 and match.end_value == 0),
+           "loss.match > 0 with guide.init='none' pulls toward nothing; set guide.init to "
+           "'embeddings' or 'blocks', or loss.match.value=0")
 
 
 def guide_config() -> ml_collections.ConfigDict:

@@ -29,3 +29,23 @@ def test_config_file_errors_are_one_line(args, expected, tmp_path):
   assert r.returncode == 2 and len(lines) == 1, r.stderr[-2000:]
   assert lines[0].startswith('error: ') and expected in lines[0], lines[0]
   assert not work.exists()
+
+
+@pytest.mark.parametrize('override,expected', [
+    ('--config.guide.init=foo', "guide.init='foo' must be one of"),
+    ('--config.guide.blocks=some', "guide.blocks='some' must be one of"),
+    ('--config.guide.unembed=True', 'guide.unembed=True needs an untied student'),
+    ('--config.model.n_layers=3', "guide.blocks='all' maps each student block"),
+])
+def test_guide_settings_that_would_be_ignored_are_refused(override, expected, tmp_path):
+  """guide_tiny's teacher is never trained: these fail in validation, before it."""
+  work = tmp_path / 'run'
+  extra = ['--config.guide.blocks=all'] if 'n_layers' in override else []
+  env = {k: v for k, v in os.environ.items() if k != 'XLA_FLAGS'}
+  r = subprocess.run([sys.executable, '-m', 'guide_jax.main', '--config=experiments/guide_tiny.py',
+                      override, *extra, f'--workdir={work}'], cwd=REPO, env=env,
+                     capture_output=True, text=True, timeout=300)
+  lines = [line for line in r.stderr.splitlines() if line.strip()]
+  assert r.returncode == 2 and len(lines) == 1, r.stderr[-2000:]
+  assert expected in lines[0], lines[0]
+  assert not work.exists()

@@ -101,6 +101,10 @@ def check_compatible(t, s, guide_cfg) -> None:
       if s[name] != t[name]:
         raise GuideError(f'student model.{name}={s[name]!r} differs from the teacher\'s '
                          f'{t[name]!r}; the selected rotary frequencies must be the same')
+  if guide_cfg.blocks == 'all' and s.n_layers > t.n_layers:
+    raise GuideError(f"student model.n_layers={s.n_layers} exceeds the teacher's "
+                     f"{t.n_layers}; guide.blocks='all' maps each student block to its own "
+                     f"teacher block: lower model.n_layers or use guide.blocks='first'")
   if guide_cfg.blocks not in ('first', 'all'):
     raise GuideError(f"guide.blocks={guide_cfg.blocks!r} must be 'first' or 'all'")
   if guide_cfg.pca_rows not in ('embed', 'embed+pos'):

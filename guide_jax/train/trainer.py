@@ -182,8 +182,8 @@ def train(config: ml_collections.ConfigDict, workdir: str | os.PathLike, *,
   distill = teacher_lib.is_distillation(cfg)
 
   # 1. Validate before touching anything: processes and devices first, so the mesh
-  #    check sees the real device count. A teacher to pretrain is trained first.
-  #    Then this machine: remote paths reachable, and enough memory for the run.
+  #    check sees the real device count; then this machine (remote paths reachable),
+  #    the student-teacher pair, and memory. Only then is a teacher to pretrain trained.
   sharding.maybe_initialize_distributed(cfg.distributed)
   config_lib.validate(cfg, jax.device_count(), jax.process_count())
   preflight.check_remote_paths(cfg, workdir)
@@ -194,7 +194,13 @@ def train(config: ml_collections.ConfigDict, workdir: str | os.PathLike, *,
       losses.DistillLoss(cfg.loss, cfg.train.steps)
     except ValueError as e:
       raise ConfigError(str(e)) from None
-  preflight.check_memory(cfg, teacher_lib.model_config(cfg) if distill else None)
+    # The pair is checked against the teacher's architecture before a teacher is trained.
+    teacher_model = teacher_lib.model_config(cfg)
+    try:
+      guide.check_compatible(teacher_model, cfg.model, cfg.guide)
+    except guide.GuideError as e:
+      raise ConfigError(str(e)) from None
+  preflight.check_memory(cfg, teacher_model if distill else None)
   if distill:
     teacher_dir = teacher_lib.ensure_trained(cfg, workdir, train)
 
@@ -209,10 +215,6 @@ def train(config: ml_collections.ConfigDict, workdir: str | os.PathLike, *,
       teacher = teacher_lib.load(teacher_dir, mesh, rules, cfg.teacher.dtype)
       teacher_lib.check_vocabulary(cfg, teacher)
       teacher_lib.check_sequence(cfg, teacher)
-      try:
-        guide.check_compatible(teacher.model, cfg.model, cfg.guide)
-      except guide.GuideError as e:
-        raise ConfigError(str(e)) from None
     try:
       data = pipeline.build(cfg)
     except (ValueError, FileNotFoundError) as e:
