@@ -10,6 +10,7 @@ from __future__ import annotations
 import ml_collections
 
 from guide_jax import sharding
+from guide_jax.data import sources
 from guide_jax.losses import loss_config
 
 
@@ -72,13 +73,22 @@ def base_config() -> ml_collections.ConfigDict:
   c.model = model_config()
 
   c.data = ml_collections.ConfigDict()
-  c.data.backend = 'embedded'      # 'embedded' (stdlib corpus), 'synthetic', or 'seqio'
+  c.data.backend = 'embedded'      # 'embedded' (stdlib corpus), 'files', 'synthetic', or 'seqio'
+  # backend='files': globs (local or gs://) of .txt/.md/.py, .jsonl/.json (+.gz/.zst),
+  # .parquet or .arrayrecord files. A mixture: 'glob,0.3;glob2,0.7', or in a config file
+  # a list of {'files': glob, 'weight': w}. Weights are normalised and honoured per step.
+  c.data.train_files = ml_collections.config_dict.placeholder(object)
+  c.data.train_files = ''
+  c.data.eval_files = ''           # globs; '' = hold out data.validation_percent of documents
+  c.data.text_key = 'text'         # the JSON field / Parquet column holding the text
+  c.data.workers = 0               # processes tokenizing the cache; 0 = one per core
+  c.data.prefetch = 2              # batches computed ahead by grain threads; 0 = none
   c.data.seq_len = 256             # tokens per row
   c.data.global_batch_size = 16    # rows per step over all processes
   c.data.seed = 0                  # data order (per-epoch shuffles); independent of init
   c.data.cache_dir = ''            # tokenizer/token cache; '' = $GUIDE_JAX_CACHE or ~/.cache/guide_jax
   c.data.embedded_root = ''        # corpus root; '' = this interpreter's standard library
-  c.data.validation_percent = 2    # files whose path hash falls below this go to validation
+  c.data.validation_percent = 2    # documents whose key hash falls below this: validation
   c.data.test_percent = 0          # the next this-many percent: a held-out test split
   c.data.eval_split = 'validation' # what evaluation reads: 'validation' or 'test'
   c.data.tokenizer = ''            # a SentencePiece .model or a Hugging Face tokenizer.json;
@@ -177,8 +187,21 @@ def validate(c: ml_collections.ConfigDict, num_devices: int, num_processes: int 
   """Raise ConfigError for a config that cannot work on `num_devices` devices."""
   validate_model(c.model)
   d, t = c.data, c.train
-  _require(d.backend in ('embedded', 'synthetic', 'seqio'),
-           f"data.backend={d.backend!r} must be 'embedded', 'synthetic' or 'seqio'")
+  _require(d.backend in ('embedded', 'files', 'synthetic', 'seqio'),
+           f"data.backend={d.backend!r} must be 'embedded', 'files', 'synthetic' or 'seqio'")
+  if d.backend == 'files':
+    _require(bool(d.train_files), "data.train_files is empty; give a glob of your data "
+             "files for data.backend='files'")
+    try:
+      sources.parse_mixture(d.train_files, 'data.train_files')
+      if d.eval_files:
+        sources.parse_mixture(d.eval_files, 'data.eval_files')
+    except sources.DataError as e:
+      raise ConfigError(str(e)) from None
+    _require(bool(d.text_key), 'data.text_key is empty; name the JSON field or Parquet '
+             'column that holds the text')
+  _require(d.workers >= 0, f'data.workers={d.workers} must be >= 0 (0 = one per core)')
+  _require(d.prefetch >= 0, f'data.prefetch={d.prefetch} must be >= 0')
   _require(d.backend != 'seqio' or bool(d.seqio_task),
            "data.seqio_task is empty; name a registered seqio Task or Mixture for backend='seqio'")
   _require(d.backend != 'seqio' or not d.tokenizer.endswith('.json'),
@@ -199,9 +222,10 @@ def validate(c: ml_collections.ConfigDict, num_devices: int, num_processes: int 
            f'data.test_percent={d.test_percent} must be in [0, {100 - d.validation_percent})')
   _require(d.eval_split in ('validation', 'test'),
            f"data.eval_split={d.eval_split!r} must be 'validation' or 'test'")
-  _require(d.eval_split != 'test' or (d.backend == 'embedded' and d.test_percent > 0),
-           "data.eval_split='test' needs data.test_percent > 0 and the embedded backend "
-           "(seqio evaluates data.seqio_eval_split)")
+  _require(d.eval_split != 'test' or (d.backend in ('embedded', 'files') and
+                                      d.test_percent > 0 and not d.eval_files),
+           "data.eval_split='test' needs data.test_percent > 0 and the embedded or files "
+           "backend without data.eval_files (seqio evaluates data.seqio_eval_split)")
   _require(d.eval_batches > 0, f'data.eval_batches={d.eval_batches} must be positive')
   chunk = c.loss.chunk_len
   _require(chunk in (-1, 0) or (chunk > 0 and d.seq_len % chunk == 0),

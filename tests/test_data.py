@@ -1,7 +1,7 @@
 import numpy as np
 import pytest
 
-from guide_jax.data import embedded, packing, pipeline
+from guide_jax.data import cache, embedded, packing, pipeline
 
 
 def test_pack_rows_segments_positions_and_weights():
@@ -23,7 +23,34 @@ def stream_source(seed=0, shuffle=True):
   lengths = rng.integers(3, 40, 60)
   offsets = np.concatenate([[0], np.cumsum(lengths)])
   tokens = rng.integers(3, 50, offsets[-1]).astype(np.int32)
-  return pipeline.TokenStreamSource(tokens, offsets, seq_len=16, seed=seed, shuffle=shuffle)
+  docs = cache.Documents(tokens, offsets[:-1], np.diff(offsets))
+  return pipeline.PackedRows(docs, seq_len=16, seed=seed, shuffle=shuffle)
+
+
+def test_packed_rows_equal_packing_the_epochs_concatenated_stream():
+  src = stream_source()
+  order, _, row_order = src._epoch(3)
+  docs = src.docs
+  stream = np.concatenate([docs.tokens[s:s + n] for s, n in
+                           zip(docs.starts[order], docs.lengths[order])])
+  ids = packing.doc_ids_from_offsets(np.concatenate([[0], np.cumsum(docs.lengths[order])]))
+  rows = np.array([0, 7, src.rows_per_epoch - 1])
+  want = packing.pack_rows(stream, ids, row_order[rows] * 16, 16)
+  got = src.rows(3, rows)
+  for k in packing.FIELDS:
+    np.testing.assert_array_equal(got[k], want[k])
+
+
+def test_prefetching_iterator_equals_batch_at_and_resumes():
+  a = pipeline.BatchIterator(stream_source(), 8, 0, 1, prefetch=2)
+  got = [next(a) for _ in range(5)]
+  a.set_state({'step': 2})
+  again = next(a)
+  ref = pipeline.BatchIterator(stream_source(), 8, 0, 1)
+  for i, batch in enumerate(got):
+    np.testing.assert_array_equal(batch['inputs'], ref.batch_at(i)['inputs'])
+  np.testing.assert_array_equal(again['inputs'], ref.batch_at(2)['inputs'])
+  assert a.get_state() == {'step': 3}
 
 
 def test_iterator_is_deterministic_and_resumes_exactly():

@@ -6,8 +6,8 @@ excluded) and split into train, validation and (optionally) test by a hash of th
 relative path, so the split is stable across machines and does not depend on the file
 list's length. The test split is held out for studies that tune on validation.
 
-Tokenizing is done once per (corpus fingerprint, tokenizer) and cached as .npy token
-streams plus document offsets.
+It is one files source of the data pipeline (`source()`): each file a document, tokenized
+into the same cache as any other corpus.
 """
 
 from __future__ import annotations
@@ -17,9 +17,7 @@ import os
 import pathlib
 import sysconfig
 
-import numpy as np
-
-from guide_jax.data import tokenizer as tokenizer_lib
+from guide_jax.data import sources
 
 EXCLUDED_DIRS = frozenset({'test', 'tests', 'site-packages', '__pycache__'})
 
@@ -28,11 +26,7 @@ def corpus_root(root: str = '') -> pathlib.Path:
   return pathlib.Path(root or sysconfig.get_paths()['stdlib'])
 
 
-def split_of(relative_path: str, validation_percent: int, test_percent: int = 0) -> str:
-  bucket = int(hashlib.sha256(relative_path.encode()).hexdigest(), 16) % 100
-  if bucket < validation_percent:
-    return 'validation'
-  return 'test' if bucket < validation_percent + test_percent else 'train'
+split_of = sources.split_of
 
 
 def list_files(root: pathlib.Path) -> list[str]:
@@ -69,6 +63,10 @@ class EmbeddedCorpus:
         raise ValueError(f'data.embedded_root={str(self.root)!r}: the {split} split is '
                          f'empty; add files or change data.{split}_percent')
 
+  def source(self) -> sources.Source:
+    """The corpus as a files source: every file, keyed by its relative path."""
+    return sources.Source(tuple(str(self.root / f) for f in self.files), tuple(self.files))
+
   def split_files(self, split: str) -> list[str]:
     return [f for f in self.files if self._split[f] == split]
 
@@ -82,26 +80,3 @@ class EmbeddedCorpus:
       for line in text.split('\n'):
         if line.strip():
           yield line
-
-
-def tokenized_split(corpus: EmbeddedCorpus, vocab: tokenizer_lib.Vocabulary, split: str,
-                    cache_dir: pathlib.Path) -> tuple[np.ndarray, np.ndarray]:
-  """(tokens, doc_offsets): the split's documents, each followed by EOS, concatenated.
-
-  doc_offsets[i] is where document i starts; doc_offsets[-1] == len(tokens).
-  """
-  key = f'{corpus.fingerprint}_{vocab.fingerprint}_{split}'
-  path = cache_dir / 'tokens' / f'{key}.npz'
-  if path.exists():
-    with np.load(path) as z:
-      return z['tokens'], z['offsets']
-  docs = vocab.encode_batch(corpus.texts(split))
-  docs = [d + [vocab.eos_id] for d in docs]
-  lengths = np.array([len(d) for d in docs], dtype=np.int64)
-  offsets = np.concatenate([[0], np.cumsum(lengths)])
-  tokens = np.fromiter((t for d in docs for t in d), dtype=np.int32, count=int(offsets[-1]))
-  path.parent.mkdir(parents=True, exist_ok=True)
-  tmp = path.with_suffix(f'.{os.getpid()}.tmp.npz')
-  np.savez(tmp, tokens=tokens, offsets=offsets)
-  os.replace(tmp, path)  # atomic: concurrent runs never read a half-written cache
-  return tokens, offsets

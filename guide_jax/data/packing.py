@@ -26,10 +26,15 @@ def pack_rows(tokens: np.ndarray, doc_ids: np.ndarray, starts: np.ndarray,
               seq_len: int) -> dict[str, np.ndarray]:
   """Rows starting at `starts` (each needs seq_len + 1 tokens), as [len(starts), seq_len]."""
   idx = starts[:, None] + np.arange(seq_len + 1)[None, :]
-  window, docs = tokens[idx], doc_ids[idx]
+  return pack_windows(tokens[idx], doc_ids[idx])
+
+
+def pack_windows(window: np.ndarray, docs: np.ndarray) -> dict[str, np.ndarray]:
+  """Rows from windows [n, seq_len + 1] of tokens and of the document each token is in."""
+  seq_len = window.shape[1] - 1
   d_in, d_tgt = docs[:, :-1], docs[:, 1:]
   boundary = np.concatenate(
-      [np.zeros((len(starts), 1), bool), d_in[:, 1:] != d_in[:, :-1]], axis=1)
+      [np.zeros((len(window), 1), bool), d_in[:, 1:] != d_in[:, :-1]], axis=1)
   segment_ids = np.cumsum(boundary, axis=1).astype(np.int32) + 1
   # position = column - column where the current segment started
   cols = np.broadcast_to(np.arange(seq_len), d_in.shape)

@@ -114,8 +114,7 @@ def build(config: ml_collections.ConfigDict) -> pipeline.Data:
   vocab_path = d.tokenizer
   if d.seqio_task == EMBEDDED_TASK:
     corpus = embedded.EmbeddedCorpus(d.embedded_root, d.validation_percent)
-    cache = tokenizer_lib.default_cache_dir(d.cache_dir)
-    vocab_path = pipeline.load_vocabulary(config, corpus, cache).path
+    vocab_path = pipeline.load_vocabulary(config, pipeline.corpus_of(config)).path
     register_embedded_task(corpus, vocab_path)
   elif d.seqio_task in TFDS_TASKS:
     if not vocab_path:

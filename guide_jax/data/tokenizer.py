@@ -37,9 +37,17 @@ class Vocabulary:
     with open(self.path, 'rb') as f:
       data = f.read()
     self.fingerprint = hashlib.sha256(data).hexdigest()[:16]
-    self._sp = spm.SentencePieceProcessor(model_proto=data)
+    self._sp = spm.SentencePieceProcessor()
+    try:
+      self._sp.LoadFromSerializedProto(data)
+    except Exception as e:  # sentencepiece raises RuntimeError/OSError by version
+      raise ValueError(f'{self.path} is not a SentencePiece model ({type(e).__name__}); '
+                       f'data.tokenizer takes a .model file or a tokenizer.json') from None
     self.size = self._sp.get_piece_size()
-    self.eos_id = EOS_ID
+    # The model's own EOS (1 in the T5 convention our trained models use, 2 in Llama's).
+    self.eos_id = self._sp.eos_id()
+    if self.eos_id < 0:
+      raise ValueError(f'{self.path} defines no EOS piece; documents need a separator')
 
   def encode(self, text: str) -> list[int]:
     return self._sp.encode(text)
@@ -108,6 +116,9 @@ class HFVocabulary:
     return self._tok.decode([int(i) for i in ids], skip_special_tokens=False)
 
 
+AnyVocabulary = Vocabulary | HFVocabulary
+
+
 def is_hf_tokenizer(path: str) -> bool:
   return str(path).endswith('.json') or os.path.isdir(path)
 
@@ -131,14 +142,7 @@ def train_or_load(lines_fn, fingerprint: str, vocab_size: int,
   target.parent.mkdir(parents=True, exist_ok=True)
   tmp = pathlib.Path(tempfile.mkdtemp(dir=target.parent, prefix='.training-'))
   try:
-    spm.SentencePieceTrainer.train(
-        sentence_iterator=lines_fn(), model_prefix=str(tmp / 'spm'), vocab_size=vocab_size,
-        model_type='unigram', byte_fallback=True, pad_id=PAD_ID, eos_id=EOS_ID,
-        unk_id=UNK_ID, bos_id=-1, normalization_rule_name='identity',
-        remove_extra_whitespaces=False, allow_whitespace_only_pieces=True,
-        user_defined_symbols=['\n'], input_sentence_size=200_000,
-        shuffle_input_sentence=True, seed_sentencepiece_size=200_000,
-        character_coverage=0.9995, num_threads=os.cpu_count() or 1, minloglevel=2)
+    _train_sentencepiece(lines_fn(), tmp, vocab_size)
     try:
       os.rename(tmp, target)
     except OSError:  # another process finished first: use theirs
@@ -146,3 +150,20 @@ def train_or_load(lines_fn, fingerprint: str, vocab_size: int,
   finally:
     shutil.rmtree(tmp, ignore_errors=True)
   return Vocabulary(model_path)
+
+
+def _train_sentencepiece(lines, tmp: pathlib.Path, vocab_size: int) -> None:
+  try:
+    spm.SentencePieceTrainer.train(
+        sentence_iterator=lines, model_prefix=str(tmp / 'spm'), vocab_size=vocab_size,
+        model_type='unigram', byte_fallback=True, pad_id=PAD_ID, eos_id=EOS_ID,
+        unk_id=UNK_ID, bos_id=-1, normalization_rule_name='identity',
+        remove_extra_whitespaces=False, allow_whitespace_only_pieces=True,
+        user_defined_symbols=['\n'], input_sentence_size=200_000,
+        shuffle_input_sentence=True, seed_sentencepiece_size=200_000,
+        character_coverage=0.9995, num_threads=os.cpu_count() or 1, minloglevel=2)
+  except RuntimeError as e:
+    reason = str(e).strip().splitlines()[-1].split('] ')[-1]
+    raise ValueError(f'model.vocab_size={vocab_size}: cannot train a SentencePiece tokenizer '
+                     f'of this size on the train text ({reason}); change model.vocab_size or '
+                     f'give data.tokenizer') from None

@@ -73,6 +73,24 @@ def ensure_trained(cfg: ml_collections.ConfigDict, workdir: epath.Path, train_fn
   return teacher_dir
 
 
+def vocab_path(cfg: ml_collections.ConfigDict, workdir: epath.Path) -> str | None:
+  """The teacher's vocabulary file, read without its weights ('' when it has none, None
+  when the teacher is still to be pretrained into WORKDIR/teacher)."""
+  if cfg.teacher.checkpoint:
+    teacher_dir = paths.workdir_path(cfg.teacher.checkpoint)
+    if hf_checkpoint.is_hf_dir(teacher_dir):
+      tokenizer = teacher_dir / 'tokenizer.json'
+      return str(tokenizer) if tokenizer.exists() else ''
+  else:
+    teacher_dir = workdir / 'teacher'
+    if not (teacher_dir / 'checkpoints').exists():
+      return None
+  ckpt, step = _latest_checkpoint(teacher_dir)
+  path = ckpt.restore_meta(step).get('vocab_path', '')
+  ckpt.close()
+  return path
+
+
 def _latest_checkpoint(teacher_dir: epath.Path):
   """(Checkpointer, latest step) of a teacher's workdir; CheckpointError when it has none."""
   ckpt_dir = teacher_dir / 'checkpoints'

@@ -216,7 +216,7 @@ def train(config: ml_collections.ConfigDict, workdir: str | os.PathLike, *,
       teacher_lib.check_vocabulary(cfg, teacher)
       teacher_lib.check_sequence(cfg, teacher)
     try:
-      data = pipeline.build(cfg)
+      data = pipeline.build(cfg, progress=cfg.train.progress_bar and jax.process_index() == 0)
     except (ValueError, FileNotFoundError) as e:
       raise ConfigError(str(e)) from None
 

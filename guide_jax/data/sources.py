@@ -1,0 +1,325 @@
+"""Document sources: which files, read how, in what proportions.
+
+A source is a set of files (globs, local or gs://) with a weight; `data.train_files` is one
+source or a mixture of them. Formats, by suffix (text formats also as `.gz` or `.zst`):
+  .txt .md .py           the whole file is one document
+  .jsonl .json           one JSON object per line (a `.json` starting with `[` is an array of
+                         them); the document is the object's `data.text_key` field
+  .parquet               the `data.text_key` column, one document per row
+  .arrayrecord           one document per record: UTF-8 text, or a JSON object with
+  .array_record          `data.text_key`
+Malformed records (invalid JSON, no `text_key`, not a string, bytes that are not UTF-8) are
+skipped and counted, empty documents skipped and counted apart; `cache.py` turns counts above
+MAX_MALFORMED into an error. A file that cannot be read at all (missing, truncated,
+corrupt) is a `DataError` naming it.
+
+Every document has a key (the file's path relative to its glob's directory, and `:N` for the
+N-th record of a multi-document file), and `split_of(key)` assigns it to train, validation or
+test by a hash, so a split is stable across machines and file-list lengths.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import glob
+import gzip
+import hashlib
+import io
+import itertools
+import json
+import os
+from typing import Iterator
+
+from etils import epath
+
+TEXT_SUFFIXES = ('.txt', '.md', '.py')
+JSON_SUFFIXES = ('.jsonl', '.json')
+RECORD_SUFFIXES = ('.arrayrecord', '.array_record')
+COMPRESSIONS = ('.gz', '.zst')
+MAX_MALFORMED = 0.01  # above this share of malformed records, a corpus is refused
+
+
+class DataError(ValueError):
+  """Bad input data; the message names the file or field and what would fix it."""
+
+
+def split_of(key: str, validation_percent: int, test_percent: int = 0) -> str:
+  bucket = int(hashlib.sha256(key.encode()).hexdigest(), 16) % 100
+  if bucket < validation_percent:
+    return 'validation'
+  return 'test' if bucket < validation_percent + test_percent else 'train'
+
+
+@dataclasses.dataclass(frozen=True)
+class Source:
+  """Files of one mixture component. `keys[i]` is files[i] relative to its glob's root."""
+  files: tuple[str, ...]
+  keys: tuple[str, ...]
+  weight: float = 1.0
+  text_key: str = 'text'
+
+
+def parse_mixture(value, field: str) -> list[tuple[list[str], float]]:
+  """`data.train_files` as [(globs, weight)].
+
+  Accepted: a glob; globs separated by commas; MaxText's mixture `glob,0.3;glob2,0.7`
+  (a source per `;`, its weight after the last comma); or, in a config file, a list of
+  {'files': glob or [globs], 'weight': w}.
+  """
+  if isinstance(value, str):
+    parts = [p.strip() for p in value.split(';') if p.strip()]
+    if not parts:
+      raise DataError(f'{field} is empty; give a glob of .txt/.jsonl/.parquet/.arrayrecord files')
+    out = []
+    for part in parts:
+      globs, weight = [g.strip() for g in part.split(',')], 1.0
+      if len(parts) > 1 or _is_number(globs[-1]):
+        if not _is_number(globs[-1]):
+          raise DataError(f'{field}: mixture component {part!r} has no weight; write '
+                          f'"glob,WEIGHT;glob2,WEIGHT2"')
+        weight = float(globs.pop())
+      out.append((globs, weight))
+  elif isinstance(value, (list, tuple)):
+    out = []
+    for i, item in enumerate(value):
+      if not isinstance(item, dict) or 'files' not in item:
+        raise DataError(f'{field}[{i}]={item!r} must be a dict with "files" (and "weight")')
+      files = item['files']
+      globs = [files] if isinstance(files, str) else list(files)
+      out.append((globs, float(item.get('weight', 1.0))))
+  else:
+    raise DataError(f'{field}={value!r} must be a glob string or a list of '
+                    f'{{"files": ..., "weight": ...}}')
+  for i, (globs, weight) in enumerate(out):
+    if not (weight > 0) or weight == float('inf'):
+      raise DataError(f'{field}: source {i} ({",".join(globs)}) has weight {weight}; '
+                      f'weights must be positive')
+    if not all(globs):
+      raise DataError(f'{field}: source {i} has an empty glob')
+  return out
+
+
+def _is_number(text: str) -> bool:
+  try:
+    float(text)
+    return True
+  except ValueError:
+    return False
+
+
+def _glob_root(pattern: str) -> str:
+  """The directory part of `pattern` before its first wildcard."""
+  parts = pattern.split('/')
+  for i, part in enumerate(parts):
+    if any(c in part for c in '*?['):
+      return '/'.join(parts[:i]) or '/'
+  return '/'.join(parts[:-1]) or '.'
+
+
+def expand(globs: list[str], field: str) -> tuple[list[str], list[str]]:
+  """(files, keys), sorted and de-duplicated; a glob matching nothing is a DataError."""
+  found: dict[str, str] = {}
+  for pattern in globs:
+    root = _glob_root(pattern)
+    if '://' in pattern:
+      rest = pattern[len(root):].lstrip('/')
+      matches = [str(p) for p in epath.Path(root).glob(rest)] if rest else (
+          [pattern] if epath.Path(pattern).exists() else [])
+    else:
+      matches = glob.glob(os.path.expanduser(pattern), recursive=True)
+      root = os.path.expanduser(root)
+    matches = [m for m in matches if '://' in m or os.path.isfile(m)]
+    if not matches:
+      raise DataError(f'{field}: {pattern!r} matches no file; check the path (globs: *, **, ?)')
+    for m in matches:
+      rel = m[len(root):].lstrip('/') if m.startswith(root) else os.path.basename(m)
+      found.setdefault(m, rel or os.path.basename(m))
+  files = sorted(found)
+  return files, [found[f] for f in files]
+
+
+def sources_of(value, field: str, text_key: str) -> list[Source]:
+  """The mixture `value` of `field` as Sources with normalised weights."""
+  parsed = parse_mixture(value, field)
+  total = sum(w for _, w in parsed)
+  out = []
+  for globs, weight in parsed:
+    files, keys = expand(globs, field)
+    out.append(Source(tuple(files), tuple(keys), weight / total, text_key))
+  return out
+
+
+@dataclasses.dataclass
+class Counts:
+  """What reading a file found, beyond its documents."""
+  records: int = 0
+  malformed: int = 0
+  empty: int = 0
+  first_problem: str = ''
+
+  def bad(self, where: str, why: str) -> None:
+    self.malformed += 1
+    if not self.first_problem:
+      self.first_problem = f'{where}: {why}'
+
+  def add(self, other: 'Counts') -> None:
+    self.records += other.records
+    self.malformed += other.malformed
+    self.empty += other.empty
+    self.first_problem = self.first_problem or other.first_problem
+
+
+def format_of(path: str) -> tuple[str, str]:
+  """(format, compression) of a file by its suffixes; unknown formats are a DataError."""
+  name = path.lower()
+  compression = next((c for c in COMPRESSIONS if name.endswith(c)), '')
+  name = name[:len(name) - len(compression)]
+  for fmt, suffixes in (('text', TEXT_SUFFIXES), ('json', JSON_SUFFIXES),
+                        ('parquet', ('.parquet',)), ('arrayrecord', RECORD_SUFFIXES)):
+    if name.endswith(suffixes):
+      if compression and fmt in ('parquet', 'arrayrecord'):
+        break
+      return fmt, compression
+  raise DataError(f'{path}: unknown format; data files end in .txt/.md/.py, .jsonl/.json '
+                  f'(each also .gz or .zst), .parquet or .arrayrecord')
+
+
+def _open(path: str, compression: str):
+  """A binary stream of the file's decompressed bytes."""
+  raw = epath.Path(path).open('rb') if '://' in path else open(path, 'rb')
+  if compression == '.gz':
+    return gzip.GzipFile(fileobj=raw)
+  if compression == '.zst':
+    import zstandard  # the `data` extra
+    return io.BufferedReader(zstandard.ZstdDecompressor().stream_reader(raw, closefd=True))
+  return raw
+
+
+def _decode(data: bytes, where: str, counts: Counts) -> str | None:
+  try:
+    return data.decode('utf-8')
+  except UnicodeDecodeError as e:
+    counts.bad(where, f'bytes that are not UTF-8 (at byte {e.start})')
+    return None
+
+
+def _from_object(obj, text_key: str, where: str, counts: Counts) -> str | None:
+  if not isinstance(obj, dict) or text_key not in obj:
+    counts.bad(where, f'no {text_key!r} field (set data.text_key)')
+    return None
+  if not isinstance(obj[text_key], str):
+    counts.bad(where, f'field {text_key!r} is {type(obj[text_key]).__name__}, not a string')
+    return None
+  return obj[text_key]
+
+
+def read_documents(path: str, text_key: str, counts: Counts) -> Iterator[tuple[int, str]]:
+  """(record index, text) of each usable non-empty document of `path`.
+
+  Malformed and empty records are skipped and counted in `counts`; a file that cannot be
+  read is a DataError naming it.
+  """
+  fmt, compression = format_of(path)
+  try:
+    if fmt == 'text':
+      with _open(path, compression) as f:
+        records = [(0, _decode(f.read(), path, counts))]
+    elif fmt == 'json':
+      records = _json_records(path, compression, text_key, counts)
+    elif fmt == 'parquet':
+      records = _parquet_records(path, text_key, counts)
+    else:
+      records = _arrayrecord_records(path, text_key, counts)
+    for index, text in records:
+      counts.records += 1
+      if text is None:
+        continue
+      if not text.strip():
+        counts.empty += 1
+        continue
+      yield index, text
+  except DataError:
+    raise
+  except Exception as e:  # noqa: BLE001 -- gzip/zstd/pyarrow/array_record each raise their own
+    raise DataError(f'{path}: cannot be read ({type(e).__name__}: {e}); the file is '
+                    f'truncated or corrupt, or not the format its suffix says') from None
+
+
+def _json_records(path: str, compression: str, text_key: str, counts: Counts):
+  with _open(path, compression) as f:
+    head = f.readline()
+    if head.lstrip().startswith(b'['):
+      text = _decode(head + f.read(), path, counts)
+      try:
+        items = json.loads(text) if text is not None else []
+      except json.JSONDecodeError as e:
+        raise DataError(f'{path}: not a JSON array ({e}); write one object per line') from None
+      for i, obj in enumerate(items):
+        yield i, _from_object(obj, text_key, f'{path} item {i}', counts)
+      return
+    yield from _json_lines(itertools.chain([head], f), path, text_key, counts)
+
+
+def _json_lines(lines, path: str, text_key: str, counts: Counts):
+  for i, line in enumerate(lines):
+    if not line.strip():
+      continue
+    where = f'{path} line {i + 1}'
+    text = _decode(line, where, counts)
+    if text is None:
+      yield i, None
+      continue
+    try:
+      obj = json.loads(text)
+    except json.JSONDecodeError as e:
+      counts.bad(where, f'invalid JSON ({e.msg})')
+      yield i, None
+      continue
+    yield i, _from_object(obj, text_key, where, counts)
+
+
+def _parquet_records(path: str, text_key: str, counts: Counts):
+  try:
+    import pyarrow.parquet as pq  # the `data` extra
+  except ImportError:
+    raise DataError(f'{path}: reading Parquet needs pyarrow; pip install '
+                    f"'guide_jax[data]'") from None
+  source = epath.Path(path).open('rb') if '://' in path else path
+  table = pq.ParquetFile(source)
+  if text_key not in table.schema_arrow.names:
+    raise DataError(f'{path}: no column {text_key!r} (columns: '
+                    f'{", ".join(table.schema_arrow.names)}); set data.text_key')
+  index = 0
+  for batch in table.iter_batches(columns=[text_key], batch_size=4096):
+    for value in batch.column(0).to_pylist():
+      if not isinstance(value, str):
+        counts.bad(f'{path} row {index}', f'column {text_key!r} is '
+                   f'{type(value).__name__}, not a string')
+        value = None
+      yield index, value
+      index += 1
+
+
+def _arrayrecord_records(path: str, text_key: str, counts: Counts):
+  from array_record.python import array_record_module  # grain's dependency
+  reader = array_record_module.ArrayRecordReader(path)
+  try:
+    for index in range(reader.num_records()):
+      data = reader.read([index])[0]
+      where = f'{path} record {index}'
+      text = _decode(data, where, counts)
+      if text is not None and text.lstrip().startswith('{'):
+        try:
+          obj = json.loads(text)
+        except json.JSONDecodeError:
+          obj = None  # text that happens to start with a brace
+        if isinstance(obj, dict):
+          text = _from_object(obj, text_key, where, counts)
+      yield index, text
+  finally:
+    reader.close()
+
+
+def document_key(file_key: str, index: int, fmt: str) -> str:
+  """The split key of a document: the file for single-document formats, else file:index."""
+  return file_key if fmt == 'text' else f'{file_key}:{index}'
