@@ -253,6 +253,8 @@ def test_trained_sentencepiece_when_no_tokenizer(tmp_path):
     (lambda p: (p / 'x.parquet').write_bytes(b'PAR1 not really'),
      r'x.parquet: cannot be read'),
     (lambda p: (p / 'x.csv').write_text('a,b\n'), r'x.csv: unknown format'),
+    (lambda p: (p / 'x.jsonl').write_text('{"text": "w1 w2"}\n'),
+     r'data.train_files: the train split has 3 tokens, fewer than data.seq_len \+ 1 = 33'),
 ])
 def test_bad_corpus_is_one_line_and_leaves_no_cache(tmp_path, hf_tokenizer, setup, message):
   setup(tmp_path)

@@ -11,7 +11,7 @@ key = a hash of (layout version, tokenizer fingerprint, text_key, each file's pa
 and modification time): a changed file or tokenizer is a new cache, never a stale one.
 
 Building groups the files into shards of about SHARD_BYTES, tokenizes the shards in
-parallel (a spawned process pool over the cores), and writes each shard atomically into
+parallel (a spawned process pool over the cores, for corpora of 2+ shards a core), and writes each shard atomically into
 <key>.partial/, so a killed build resumes with the shards it had finished. The shards are
 then concatenated into a temporary directory that is renamed to <key>/ in one step; a
 corpus with too many malformed records fails before anything is renamed.
@@ -38,7 +38,7 @@ from guide_jax.data import sources as sources_lib
 from guide_jax.data import tokenizer as tokenizer_lib
 
 LAYOUT = 'v1'
-SHARD_BYTES = 8 << 20
+SHARD_BYTES = 4 << 20
 
 
 @dataclasses.dataclass(frozen=True)
@@ -143,14 +143,22 @@ def _spawnable() -> bool:
   return main_file is None or os.path.exists(main_file)
 
 
+def _init_worker() -> None:
+  """A pool worker tokenizes with one thread: the pool already has one worker per core."""
+  os.environ['TOKENIZERS_PARALLELISM'] = 'false'  # read when `tokenizers` starts its pool
+  tokenizer_lib.ENCODE_THREADS = 1
+
+
 def _run_shards(jobs: list[tuple], workers: int, progress: tqdm.tqdm) -> None:
-  if workers <= 1 or len(jobs) <= 1 or not _spawnable():
+  # Spawning costs seconds, and the tokenizers' own threads already use every core for
+  # encoding: a pool pays off (parsing in parallel too) when each worker gets 2+ shards.
+  if workers <= 1 or len(jobs) < 2 * workers or not _spawnable():
     for job in jobs:
       progress.update(tokenize_shard(*job)['bytes'])
     return
   context = multiprocessing.get_context('spawn')  # never fork a process that runs JAX
-  with concurrent.futures.ProcessPoolExecutor(min(workers, len(jobs)),
-                                              mp_context=context) as pool:
+  with concurrent.futures.ProcessPoolExecutor(min(workers, len(jobs)), mp_context=context,
+                                              initializer=_init_worker) as pool:
     for future in concurrent.futures.as_completed(
         [pool.submit(tokenize_shard, *job) for job in jobs]):
       progress.update(future.result()['bytes'])
@@ -232,7 +240,7 @@ def _merge(partial: pathlib.Path, n_shards: int, final: pathlib.Path,
     del tokens
     np.save(tmp / 'offsets.npy', np.concatenate([[0], np.cumsum(lengths)]).astype(np.int64))
     np.save(tmp / 'buckets.npy', np.concatenate(buckets))
-    manifest = {'layout': LAYOUT, 'tokenizer': vocab.path, 'tokenizer_fingerprint':
+    manifest = {'layout': LAYOUT, 'field': field, 'tokenizer': vocab.path, 'tokenizer_fingerprint':
                 vocab.fingerprint, 'text_key': source.text_key, 'files': list(source.files),
                 'documents': int(len(lengths)), 'tokens': int(lengths.sum()),
                 'counts': dataclasses.asdict(counts)}

@@ -271,11 +271,11 @@ def build(config: ml_collections.ConfigDict, progress: bool = False) -> Data:
                         d.seq_len, d.seed, shuffle=True) for c in caches[:len(corpus.train)]]
     valid = [PackedRows(c.documents(split, validation, test), d.seq_len, d.seed, shuffle=False)
              for c in (caches[len(corpus.train):] or caches)]
-    for rows, source in zip(train, corpus.train):
+    for rows, c in zip(train, caches):
       if rows.rows_per_epoch == 0:
         raise sources_lib.DataError(
-            f'data.train_files: {source.files[0]}... has fewer than data.seq_len + 1 = '
-            f'{d.seq_len + 1} train tokens; add data or lower data.seq_len')
+            f'{c.manifest["field"]}: the train split has {rows.docs.n_tokens} tokens, fewer '
+            f'than data.seq_len + 1 = {d.seq_len + 1}; add data or lower data.seq_len')
     weights, vocab_path, vocab_size = [s.weight for s in corpus.train], vocab.path, vocab.size
   return Data(train=BatchIterator(train, d.global_batch_size, weights=weights,
                                   prefetch=d.prefetch),

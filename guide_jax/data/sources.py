@@ -108,12 +108,11 @@ def _is_number(text: str) -> bool:
 
 
 def _glob_root(pattern: str) -> str:
-  """The directory part of `pattern` before its first wildcard."""
+  """The directory part of `pattern` before its first wildcard ('' for a relative glob
+  that starts with one)."""
   parts = pattern.split('/')
-  for i, part in enumerate(parts):
-    if any(c in part for c in '*?['):
-      return '/'.join(parts[:i]) or '/'
-  return '/'.join(parts[:-1]) or '.'
+  i = next((i for i, p in enumerate(parts) if any(c in p for c in '*?[')), len(parts) - 1)
+  return '/'.join(parts[:i]) or ('/' if pattern.startswith('/') else '')
 
 
 def expand(globs: list[str], field: str) -> tuple[list[str], list[str]]:
@@ -132,7 +131,7 @@ def expand(globs: list[str], field: str) -> tuple[list[str], list[str]]:
     if not matches:
       raise DataError(f'{field}: {pattern!r} matches no file; check the path (globs: *, **, ?)')
     for m in matches:
-      rel = m[len(root):].lstrip('/') if m.startswith(root) else os.path.basename(m)
+      rel = m[len(root):].lstrip('/') if root and m.startswith(root) else m
       found.setdefault(m, rel or os.path.basename(m))
   files = sorted(found)
   return files, [found[f] for f in files]

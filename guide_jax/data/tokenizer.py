@@ -20,6 +20,9 @@ import tempfile
 import sentencepiece as spm
 
 PAD_ID, EOS_ID, UNK_ID = 0, 1, 2
+# Threads of one `encode_batch` call: every core, except in the cache's pool workers,
+# which are one per core already and set this to 1.
+ENCODE_THREADS = os.cpu_count() or 1
 
 
 def default_cache_dir(configured: str = '') -> pathlib.Path:
@@ -53,7 +56,7 @@ class Vocabulary:
     return self._sp.encode(text)
 
   def encode_batch(self, texts: list[str]) -> list[list[int]]:
-    return self._sp.encode(texts, num_threads=os.cpu_count() or 1)
+    return self._sp.encode(texts, num_threads=ENCODE_THREADS)
 
   def decode(self, ids) -> str:
     return self._sp.decode([int(i) for i in ids])
