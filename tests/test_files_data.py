@@ -253,8 +253,6 @@ def test_trained_sentencepiece_when_no_tokenizer(tmp_path):
     (lambda p: (p / 'x.parquet').write_bytes(b'PAR1 not really'),
      r'x.parquet: cannot be read'),
     (lambda p: (p / 'x.csv').write_text('a,b\n'), r'x.csv: unknown format'),
-    (lambda p: (p / 'x.jsonl').write_text('{"text": "w1 w2"}\n'),
-     r'data.train_files: the train split has 3 tokens, fewer than data.seq_len \+ 1 = 33'),
 ])
 def test_bad_corpus_is_one_line_and_leaves_no_cache(tmp_path, hf_tokenizer, setup, message):
   setup(tmp_path)
@@ -264,6 +262,15 @@ def test_bad_corpus_is_one_line_and_leaves_no_cache(tmp_path, hf_tokenizer, setu
     pipeline.build(c)
   tokens = tmp_path / 'cache' / 'tokens'
   assert not tokens.exists() or not [p for p in os.listdir(tokens) if '.' not in p]
+
+
+def test_corpus_smaller_than_a_row(tmp_path, hf_tokenizer):
+  (tmp_path / 'x.jsonl').write_text('{"text": "w1 w2"}\n')
+  c = corpus_config(tmp_path, train_files=str(tmp_path / 'x.jsonl'), tokenizer=hf_tokenizer)
+  c.model.vocab_size = 256
+  with pytest.raises(sources.DataError, match=r'data.train_files: the train split has 3 '
+                     r'tokens, fewer than data.seq_len \+ 1 = 33'):
+    pipeline.build(c)
 
 
 def test_tokenizer_that_does_not_load(tmp_path):
