@@ -47,14 +47,40 @@ def load_study(study_dir: pathlib.Path) -> dict:
     run = {'final': json.loads((workdir / 'final.json').read_text()),
            'curve': {r['tokens']: r['eval/loss'] for r in records if 'eval/loss' in r}}
     for r in records:
-      for key in ('teacher/eval_loss', 'teacher/approx_eval_loss', 'guide/explained_variance'):
+      for key in ('teacher/eval_loss', 'teacher/eval_bits_per_byte', 'teacher/approx_eval_loss',
+                  'guide/explained_variance'):
         if key in r:
           run[key] = r[key]
+    run['harness'] = harness_scores(workdir)
     arm, _, seed = name.rpartition('/')
     arms.setdefault(arm or name, {})[seed or '0'] = run
   if not arms:
     raise ReportError(f'no run under {study_dir} has finished (no final.json); run the study')
-  return {'meta': meta, 'arms': arms}
+  return {'meta': meta, 'arms': arms, 'teacher_harness': harness_scores(study_dir / 'teacher')}
+
+
+HARNESS_RESULTS = 'lm_eval_results.json'  # what `python -m guide_jax.evaluate` writes
+
+
+def harness_rows(results: dict) -> list[dict]:
+  """One row per (task, metric) of lm-eval's results JSON (standard errors left out)."""
+  rows = []
+  for task, metrics in sorted(results.get('results', {}).items()):
+    for key, value in sorted(metrics.items()):
+      name, comma, filt = key.partition(',')  # metrics are 'metric,filter'
+      if comma and isinstance(value, (int, float)) and not name.endswith('_stderr') \
+          and math.isfinite(value):
+        rows.append({'task': task, 'metric': name, 'filter': filt, 'value': value})
+  return rows
+
+
+def harness_scores(workdir: pathlib.Path) -> dict[str, float]:
+  """{'task/metric': value} of a run's lm-eval results, {} when it has none."""
+  path = workdir / HARNESS_RESULTS
+  if not path.exists():
+    return {}
+  return {f'{r["task"]}/{r["metric"]}': r['value']
+          for r in harness_rows(json.loads(path.read_text()))}
 
 
 def _mean_std(values: list[float]) -> tuple[float, float]:
@@ -66,6 +92,8 @@ def summarize(study: dict) -> dict:
   arms = study['arms']
   runs = [r for seeds in arms.values() for r in seeds.values()]
   teacher = next((r['teacher/eval_loss'] for r in runs if 'teacher/eval_loss' in r), None)
+  teacher_bpb = next((r['teacher/eval_bits_per_byte'] for r in runs
+                      if 'teacher/eval_bits_per_byte' in r), None)
   approx = next((r['teacher/approx_eval_loss'] for r in runs
                  if 'teacher/approx_eval_loss' in r), None)
   explained = next((r['guide/explained_variance'] for r in runs
@@ -83,8 +111,17 @@ def summarize(study: dict) -> dict:
              'tokens': next(iter(seeds.values()))['final']['tokens']}
     if closures and None not in closures:
       entry['gap_closure_mean'], entry['gap_closure_std'] = _mean_std(closures)
+    bits = [r['final'].get('eval/bits_per_byte') for r in seeds.values()]
+    entry['bits_per_byte_mean'] = statistics.fmean(bits) if None not in bits else None
     out_arms[arm] = entry
-  return {'teacher_eval_loss': teacher, 'approx_teacher_eval_loss': approx,
+  harness = {'teacher': study['teacher_harness']} if study['teacher_harness'] else {}
+  for arm, seeds in arms.items():
+    keys = set.intersection(*(set(r['harness']) for r in seeds.values()))
+    if keys:
+      harness[arm] = {k: statistics.fmean(r['harness'][k] for r in seeds.values())
+                      for k in sorted(keys)}
+  return {'teacher_eval_loss': teacher, 'teacher_bits_per_byte': teacher_bpb,
+          'harness': harness, 'approx_teacher_eval_loss': approx,
           'explained_variance': explained, 'arms': out_arms}
 
 
@@ -121,19 +158,21 @@ def markdown(study: dict, summary: dict, title: str) -> str:
   t, a, e = (summary['teacher_eval_loss'], summary['approx_teacher_eval_loss'],
              summary['explained_variance'])
   if t is not None:
-    lines.append(f'Teacher eval loss **{t:.4f}** nats/token (ppl {math.exp(t):.2f}).')
+    bpb = summary.get('teacher_bits_per_byte')
+    lines.append(f'Teacher eval loss **{t:.4f}** nats/token (ppl {math.exp(t):.2f}' +
+                 (f', {bpb:.4f} bits/byte).' if bpb is not None else ').'))
   if a is not None:
     lines.append(f'Teacher with E_T, P_T replaced by their PCA reconstruction E M Mᵀ: '
                  f'{a:.4f}; PCA explained variance {e:.1%}.')
   lines += ['', f'Eval split: {_eval_split(study)}. Mean ± std over seeds; gap closure '
             f'paired with the baseline of the same seed.', '',
-            '| arm | seeds | tokens | eval loss (nats/token) | ppl | gap closure |',
-            '|---|---|---|---|---|---|']
+            '| arm | seeds | tokens | eval loss (nats/token) | bits/byte | ppl | gap closure |',
+            '|---|---|---|---|---|---|---|']
   for arm, s in summary['arms'].items():
     one = s['seeds'] < 2  # no spread to show
     lines.append(f'| {arm} | {s["seeds"]} | {s["tokens"]:,} | '
                  f'{fmt(s["eval_loss_mean"], None if one else s["eval_loss_std"])} | '
-                 f'{s["ppl_mean"]:.2f} | '
+                 f'{fmt(s.get("bits_per_byte_mean"), None)} | {s["ppl_mean"]:.2f} | '
                  f'{fmt(s["gap_closure_mean"], None if one else s["gap_closure_std"], True)} |')
   lines += ['', '| arm | what it sets (besides train.seed, data.seed) |', '|---|---|']
   for arm, seeds in study['arms'].items():
@@ -141,6 +180,15 @@ def markdown(study: dict, summary: dict, title: str) -> str:
     shown = {k: v for k, v in overrides.items() if k not in ('train.seed', 'data.seed')}
     sets = ', '.join(f'`{k}={v}`' for k, v in shown.items()) or '(the config as is)'
     lines.append(f'| {arm} | {sets} |')
+  harness = summary.get('harness', {})
+  if harness:
+    columns = list(harness)
+    lines += ['', '## lm-evaluation-harness (mean over seeds)', '',
+              '| task / metric | ' + ' | '.join(columns) + ' |',
+              '|---|' + '---|' * len(columns)]
+    for key in sorted(set().union(*(set(v) for v in harness.values()))):
+      cells = [f'{harness[c][key]:.4f}' if key in harness[c] else '—' for c in columns]
+      lines.append(f'| {key} | ' + ' | '.join(cells) + ' |')
   missing = [n for n in study['meta']['runs']
              if n.rpartition('/')[2] not in study['arms'].get(n.rpartition('/')[0] or n, {})]
   if missing:

@@ -319,6 +319,8 @@ def test_cli_guide_student_on_a_jsonl_corpus(tmp_path):
   assert out.returncode == 0, out.stderr[-3000:]
   records = read_metrics(tmp_path / 'wd')
   assert any('train/kd' in r for r in records) and any('eval/loss' in r for r in records)
+  assert any('eval/bits_per_byte' in r for r in records)
+  assert any('teacher/eval_bits_per_byte' in r for r in records)
   saved = json.loads((tmp_path / 'wd' / 'config.json').read_text())
   assert saved['data']['train_files'] == f'{tmp_path}/*.jsonl'
 
@@ -345,3 +347,38 @@ def test_prepare_builds_the_cache_training_reads(tmp_path, hf_tokenizer):
   assert bad.returncode == 2
   assert bad.stderr.strip().splitlines()[-1].startswith(
       "error: data.train_files: 200 of 200 records (100.00%) are malformed")
+
+
+def test_bits_per_byte_is_nats_over_the_texts_bytes(tmp_path):
+  import math
+  import jax
+  from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+  from guide_jax import sharding
+  from guide_jax.models import transformer
+  from guide_jax.train import steps, trainer
+  tok = Tokenizer(models.BPE())
+  tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+  tok.decoder = decoders.ByteLevel()
+  tok.train_from_iterator(TEXTS, trainers.BpeTrainer(
+      vocab_size=300, special_tokens=['<eos>'], show_progress=False,
+      initial_alphabet=pre_tokenizers.ByteLevel.alphabet()))
+  tok.save(str(tmp_path / 'tokenizer.json'))
+  (tmp_path / 'tokenizer_config.json').write_text(json.dumps({'eos_token': '<eos>'}))
+  write_jsonl(tmp_path / 'x.jsonl', TEXTS)
+  c = corpus_config(tmp_path, train_files=str(tmp_path / 'x.jsonl'),
+                    eval_files=str(tmp_path / 'x.jsonl'), tokenizer=str(tmp_path / 'tokenizer.json'))
+  c.model.vocab_size = 320
+  data = pipeline.build(c)
+  vocab = tokenizer_lib.load(str(tmp_path / 'tokenizer.json'))
+  batch = data.eval_batches[0]
+  text_bytes = sum(len(vocab.decode([t for t, w in zip(ts, ws) if w > 0 and t != vocab.eos_id])
+                       .encode()) for ts, ws in zip(batch['targets'], batch['loss_weights']))
+  assert batch['target_bytes'].sum() > text_bytes  # unweighted: also the boundary targets
+  mesh = sharding.make_mesh(c.mesh)
+  params = transformer.init_params(c.model, jax.random.key(0))
+  step = jax.jit(steps.make_eval_step(trainer.lm_objective(c.model, 0.0, 0)))
+  with jax.set_mesh(mesh), sharding.use_rules(c.logical_rules):
+    out = trainer.evaluate(step, params, [batch], mesh, c.logical_rules)
+  tokens = batch['loss_weights'].sum()
+  assert out['eval/bits_per_byte'] == pytest.approx(
+      out['eval/loss'] * tokens / (math.log(2) * text_bytes), rel=1e-5)

@@ -112,6 +112,7 @@ def test_miniature_study_runs_resumes_and_reports(tiny_config, tmp_path):
   assert [f['name'] for f in finals] == [f'{arm}/seed0' for arm in (
       'baseline', 'kd', 'guide', 'guide_match', 'guide_kd', 'guide_match_kd')]
   assert all(math.isfinite(f['eval/loss']) and f['step'] == 2 for f in finals)
+  assert all(0 < f['eval/bits_per_byte'] < f['eval/loss'] for f in finals)
   assert (tmp_path / 'teacher' / 'final.json').exists()
   # Every arm distilled from the one teacher, and the teacher was trained once.
   assert sum('teacher ->' in line for line in logs) == 1
@@ -129,7 +130,12 @@ def test_miniature_study_runs_resumes_and_reports(tiny_config, tmp_path):
   assert json.loads(guide_final.read_text())['eval/loss'] == pytest.approx(
       before['eval/loss'], abs=1e-6)
 
+  harness = {'results': {'toy': {'alias': 'toy', 'acc,none': 0.5, 'acc_stderr,none': 'N/A'}}}
+  for run_dir in ('teacher', 'guide/seed0'):  # as `python -m guide_jax.evaluate` leaves it
+    (tmp_path / run_dir / report.HARNESS_RESULTS).write_text(json.dumps(harness))
   summary = report.write(tmp_path)
+  assert summary['harness'] == {'teacher': {'toy/acc': 0.5}, 'guide': {'toy/acc': 0.5}}
+  assert '| toy/acc | 0.5000 | 0.5000 |' in (tmp_path / 'report.md').read_text()
   assert set(summary['arms']) == {'baseline', 'kd', 'guide', 'guide_match', 'guide_kd',
                                   'guide_match_kd'}
   for arm in summary['arms'].values():
@@ -137,3 +143,5 @@ def test_miniature_study_runs_resumes_and_reports(tiny_config, tmp_path):
     assert set(arm) >= {'eval_loss_mean', 'eval_loss_std', 'gap_closure_mean',
                         'gap_closure_std', 'seeds', 'tokens'}
   assert 'Eval split: test' in (tmp_path / 'report.md').read_text()
+  assert summary['teacher_bits_per_byte'] > 0
+  assert all(arm['bits_per_byte_mean'] > 0 for arm in summary['arms'].values())

@@ -277,11 +277,20 @@ def build(config: ml_collections.ConfigDict, progress: bool = False) -> Data:
             f'{c.manifest["field"]}: the train split has {rows.docs.n_tokens} tokens, fewer '
             f'than data.seq_len + 1 = {d.seq_len + 1}; add data or lower data.seq_len')
     weights, vocab_path, vocab_size = [s.weight for s in corpus.train], vocab.path, vocab.size
+  eval_batches = fixed_eval_batches(valid, d.global_batch_size, d.eval_batches,
+                                    weights if len(valid) == len(train) else None)
+  if vocab_path:
+    add_target_bytes(eval_batches, vocab.token_bytes())
   return Data(train=BatchIterator(train, d.global_batch_size, weights=weights,
                                   prefetch=d.prefetch),
-              eval_batches=fixed_eval_batches(valid, d.global_batch_size, d.eval_batches,
-                                              weights if len(valid) == len(train) else None),
-              vocab_path=vocab_path, vocab_size=vocab_size)
+              eval_batches=eval_batches, vocab_path=vocab_path, vocab_size=vocab_size)
+
+
+def add_target_bytes(batches: list[dict[str, np.ndarray]], token_bytes: np.ndarray) -> None:
+  """`target_bytes`: the UTF-8 bytes of each target token, which evaluation sums (with the
+  loss weights) to report bits per byte beside nats per token."""
+  for batch in batches:
+    batch['target_bytes'] = token_bytes[batch['targets']].astype(np.float32)
 
 
 def tokenize(config, corpus: Corpus, vocab: tokenizer_lib.AnyVocabulary,

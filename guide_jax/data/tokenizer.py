@@ -14,9 +14,11 @@ import hashlib
 import json
 import os
 import pathlib
+import re
 import shutil
 import tempfile
 
+import numpy as np
 import sentencepiece as spm
 
 PAD_ID, EOS_ID, UNK_ID = 0, 1, 2
@@ -60,6 +62,17 @@ class Vocabulary:
 
   def decode(self, ids) -> str:
     return self._sp.decode([int(i) for i in ids])
+
+  def token_bytes(self) -> np.ndarray:
+    """UTF-8 bytes each id adds to the text [size]: 1 for a byte piece, 0 for control
+    pieces (EOS, pad) and unknown; what bits per byte divides by."""
+    out = np.zeros(self.size, np.int64)
+    for i in range(self.size):
+      if self._sp.is_byte(i):
+        out[i] = 1
+      elif not (self._sp.is_control(i) or self._sp.is_unknown(i)):
+        out[i] = len(self._sp.id_to_piece(i).replace('\u2581', ' ').encode())
+    return out
 
 
 class HFVocabulary:
@@ -117,6 +130,25 @@ class HFVocabulary:
 
   def decode(self, ids) -> str:
     return self._tok.decode([int(i) for i in ids], skip_special_tokens=False)
+
+  def token_bytes(self) -> np.ndarray:
+    """UTF-8 bytes each id adds to the text [size] (0 for special tokens). Byte-level BPE
+    (GPT-2, Llama 3, Qwen) spells a byte as one character; SentencePiece-style vocabularies
+    (Llama 2, Gemma) have U+2581 for a space and <0xNN> byte pieces."""
+    spec = json.loads(self._tok.to_str())
+    byte_level = 'ByteLevel' in json.dumps(spec.get('decoder'))
+    added = self._tok.get_added_tokens_decoder()
+    out = np.zeros(self.size, np.int64)
+    for token, i in self._tok.get_vocab(with_added_tokens=True).items():
+      if i in added:
+        out[i] = 0 if added[i].special else len(token.encode())
+      elif byte_level:
+        out[i] = len(token)
+      elif re.fullmatch(r'<0x[0-9A-Fa-f]{2}>', token):
+        out[i] = 1
+      else:
+        out[i] = len(token.replace('\u2581', ' ').encode())
+    return out
 
 
 AnyVocabulary = Vocabulary | HFVocabulary

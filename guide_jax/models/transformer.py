@@ -151,7 +151,8 @@ class Attention(nnx.Module):
       self.q_norm = Norm(cfg, dim=l, kind='rmsnorm', axis='kv')
       self.k_norm = Norm(cfg, dim=l, kind='rmsnorm', axis='kv')
 
-  def __call__(self, u: Array, positions: Array, mask: Array) -> Array:
+  def qkv(self, u: Array, positions: Array) -> tuple[Array, Array, Array]:
+    """Queries [b, t, h, l], keys and values [b, t, hkv, l] of the inputs u at `positions`."""
     cfg, dt = self.cfg, jnp.dtype(self.cfg.dtype)
     q = _dot(u, self.wq[...], 'btd,dhl->bthl', dt)
     k = _dot(u, self.wk[...], 'btd,dhl->bthl', dt)
@@ -162,20 +163,40 @@ class Attention(nnx.Module):
       q, k = self.q_norm(q), self.k_norm(k)
     if cfg.position == 'rope':
       q, k = apply_rope(q, positions, cfg), apply_rope(k, positions, cfg)
-    q = sharding.constrain(q, ('act_batch', 'act_length', 'act_heads', 'act_kv'))
+    return sharding.constrain(q, ('act_batch', 'act_length', 'act_heads', 'act_kv')), k, v
+
+  def attend(self, q: Array, *keys: tuple[Array, Array, Array]) -> Array:
+    """Output [b, t, d] of queries q over one or more blocks of (keys, values [b, s, hkv, l],
+    mask [b, 1, 1, t, s]): one softmax over all of them. Decoding passes the cache and the
+    new tokens as two blocks, so the cache is read in place and never concatenated."""
+    cfg, dt = self.cfg, jnp.dtype(self.cfg.dtype)
     b, t, h, l = q.shape
-    hkv = k.shape[2]
+    hkv = keys[0][0].shape[2]
     q = q.reshape(b, t, hkv, h // hkv, l)
-    logits = jnp.einsum('btkgl,bskl->bkgts', q, k, preferred_element_type=jnp.float32)
-    logits = logits / jnp.sqrt(jnp.float32(l))
-    logits = jnp.where(mask, logits, jnp.finfo(jnp.float32).min)
-    probs = jax.nn.softmax(logits, axis=-1).astype(dt)
-    out = jnp.einsum('bkgts,bskl->btkgl', probs, v, preferred_element_type=jnp.float32)
+    logits = [jnp.where(mask, jnp.einsum('btkgl,bskl->bkgts', q, k,
+                                         preferred_element_type=jnp.float32) / jnp.sqrt(
+                                             jnp.float32(l)), jnp.finfo(jnp.float32).min)
+              for k, _, mask in keys]
+    if len(keys) == 1:
+      probs = [jax.nn.softmax(logits[0], axis=-1)]
+    else:  # the softmax over the blocks' keys together
+      top = jax.lax.stop_gradient(functools.reduce(
+          jnp.maximum, [x.max(axis=-1, keepdims=True) for x in logits]))
+      weights = [jnp.exp(x - top) for x in logits]
+      total = functools.reduce(jnp.add, [w.sum(axis=-1, keepdims=True) for w in weights])
+      probs = [w / total for w in weights]
+    out = functools.reduce(jnp.add, [
+        jnp.einsum('bkgts,bskl->btkgl', p.astype(dt), v, preferred_element_type=jnp.float32)
+        for p, (_, v, _) in zip(probs, keys)])
     out = out.astype(dt).reshape(b, t, h, l)
     y = _dot(out, self.wo[...], 'bthl,hld->btd', dt)
     if cfg.use_bias:
       y = y + self.bo[...].astype(dt)
     return y
+
+  def __call__(self, u: Array, positions: Array, mask: Array) -> Array:
+    q, k, v = self.qkv(u, positions)
+    return self.attend(q, (k, v, mask))
 
 
 GATED_MLPS = {'swiglu': jax.nn.silu, 'geglu': functools.partial(jax.nn.gelu, approximate=True)}
@@ -233,8 +254,19 @@ class Block(nnx.Module):
 
   def __call__(self, x, positions, mask):
     x = self.attention_residual(x, positions, mask)
+    return self.mlp_residual(x)
+
+  def mlp_residual(self, x):
     x = x + self.mlp(self.norm2(x))
     return sharding.constrain(x, ('act_batch', 'act_length', 'act_embed'))
+
+  def cached(self, x, positions, cache_k, cache_v, cache_mask, new_mask):
+    """The block over new tokens x [b, t, d] attending to the cache [b, S, hkv, l] (under
+    cache_mask [b, 1, 1, t, S]) and to each other (new_mask [b, 1, 1, t, t]). Returns
+    (x, the new tokens' keys, values) for the caller to write into the cache."""
+    q, k, v = self.attn.qkv(self.norm1(x), positions)
+    x = x + self.attn.attend(q, (cache_k, cache_v, cache_mask), (k, v, new_mask))
+    return self.mlp_residual(x), k, v
 
 
 class Transformer(nnx.Module):
@@ -297,6 +329,27 @@ class Transformer(nnx.Module):
       for i in range(cfg.n_layers):
         x, _ = apply_block(x, jax.tree.map(lambda a, i=i: a[i], state))
     return self.final_norm(x)
+
+  def cached(self, tokens: Array, positions: Array, cache: dict, slot: Array,
+             cache_mask: Array, new_mask: Array) -> tuple[Array, dict]:
+    """Logits [b, t, V] of new tokens given a KV cache {'k', 'v'}: [layers, b, S, hkv, l],
+    and the cache with their keys/values written at slots [slot, slot + t) (in place when
+    the caller donates it). guide_jax.infer.sampler builds the masks."""
+    x = self.embed_inputs(tokens, positions)
+    graphdef, state = nnx.split(self.blocks)
+
+    def apply_block(x, layer):
+      layer_state, cache_k, cache_v = layer
+      x, k, v = nnx.merge(graphdef, layer_state).cached(x, positions, cache_k, cache_v,
+                                                        cache_mask, new_mask)
+      return x, (k, v)
+
+    x, (k, v) = jax.lax.scan(apply_block, x, (state, cache['k'], cache['v']))
+    cache = {'k': jax.lax.dynamic_update_slice_in_dim(cache['k'], k.astype(cache['k'].dtype),
+                                                      slot, 2),
+             'v': jax.lax.dynamic_update_slice_in_dim(cache['v'], v.astype(cache['v'].dtype),
+                                                      slot, 2)}
+    return self.logits_from_hidden(self.final_norm(x)), cache
 
   def output_kernel(self) -> Array:
     """[d, V]: the tied E^T or the untied W_U."""

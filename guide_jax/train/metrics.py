@@ -14,6 +14,7 @@ from guide_jax import paths
 
 STEP, TOKENS = 'step', 'tokens'
 TRAIN_LOSS, EVAL_LOSS, EVAL_PPL = 'train/loss', 'eval/loss', 'eval/ppl'
+EVAL_BPB = 'eval/bits_per_byte'  # eval/loss in bits over the UTF-8 bytes of the text
 TOKENS_PER_SEC, STEP_TIME, MFU = 'perf/tokens_per_sec', 'perf/step_time_s', 'perf/mfu'
 
 

@@ -68,6 +68,8 @@ def make_eval_step(objective: Objective):
 
   def eval_step(params: dict, batch: dict, *extra):
     _, sums = objective(params, batch, jnp.zeros((), jnp.int32), *extra)
+    if 'target_bytes' in batch:  # the text's UTF-8 bytes: for bits per byte
+      sums = {**sums, 'bytes': jnp.sum(batch['target_bytes'] * batch['loss_weights'])}
     return sums
 
   return eval_step

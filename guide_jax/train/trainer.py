@@ -122,6 +122,8 @@ def evaluate(eval_fn, params, eval_batches, mesh, rules, extra=()) -> dict[str, 
       total[k] = total.get(k, 0.0) + float(v)
   out = _reduce(total, 'eval')
   out[metrics_lib.EVAL_LOSS] = out.pop('eval/ce')
+  if total.get('bytes'):  # tokenizer-independent: nats summed over tokens / (ln 2 * bytes)
+    out[metrics_lib.EVAL_BPB] = total['ce'] / (math.log(2) * total['bytes'])
   out[metrics_lib.EVAL_PPL] = math.exp(min(out[metrics_lib.EVAL_LOSS], 50.0))
   return out
 
@@ -282,8 +284,10 @@ def train(config: ml_collections.ConfigDict, workdir: str | os.PathLike, *,
       extra, extra_shardings = (), ()
     train_step = jit_train_step(objective, tx, cfg.train, shardings,
                                 (batch_shardings, *extra_shardings))
+    eval_batch_shardings = {k: sharding.batch_sharding(mesh, rules)  # + target_bytes
+                            for k in data.eval_batches[0]}
     eval_step = jax.jit(steps.make_eval_step(objective),
-                        in_shardings=(param_shardings, batch_shardings, *extra_shardings))
+                        in_shardings=(param_shardings, eval_batch_shardings, *extra_shardings))
 
     # 8. Train.
     writer = metrics_lib.MetricsWriter(workdir, cfg.train.steps, start_step,
@@ -375,8 +379,10 @@ def _teacher_evals(cfg, teacher, m, data, mesh, rules) -> dict[str, float]:
   chunk_len = losses.resolve_chunk_len(cfg.loss.chunk_len, cfg.data.seq_len)
   teacher_eval = jax.jit(steps.make_eval_step(lm_objective(teacher.model, 0.0, chunk_len)),
                          in_shardings=(teacher.shardings, None))
-  out = {'teacher/eval_loss': evaluate(teacher_eval, teacher.params, data.eval_batches, mesh,
-                                       rules)[metrics_lib.EVAL_LOSS]}
+  scores = evaluate(teacher_eval, teacher.params, data.eval_batches, mesh, rules)
+  out = {'teacher/eval_loss': scores[metrics_lib.EVAL_LOSS]}
+  if metrics_lib.EVAL_BPB in scores:
+    out['teacher/eval_bits_per_byte'] = scores[metrics_lib.EVAL_BPB]
   if cfg.guide.approx_teacher_eval:
     def reconstruct(p):
       p = dict(p)

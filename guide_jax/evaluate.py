@@ -1,0 +1,56 @@
+"""python -m guide_jax.evaluate --workdir=RUN --tasks=TASK[,TASK...]
+
+  [--include_path=DIR]   a folder of your own lm-eval task YAMLs (as lm-eval's own CLI)
+  [--limit=N]            at most N documents per task (a fraction if < 1)
+  [--batch_size=8] [--dtype=float32] [--output=FILE]
+
+Runs lm-evaluation-harness tasks on the run's latest checkpoint (or a Hugging Face
+directory) through guide_jax.evals.harness, and writes the harness's results JSON to
+WORKDIR/lm_eval_results.json (or --output), then prints one JSON line per (task, metric).
+Needs the `eval` extra (lm-eval).
+"""
+
+from __future__ import annotations
+
+import json
+
+from absl import app, flags
+
+from guide_jax import cli
+
+_WORKDIR = flags.DEFINE_string('workdir', None, 'A training run or a Hugging Face directory.')
+_TASKS = flags.DEFINE_list('tasks', [], 'lm-eval task or group names.')
+_INCLUDE = flags.DEFINE_string('include_path', '', 'A folder of extra task YAMLs.')
+_LIMIT = flags.DEFINE_float('limit', None, 'Documents per task (a fraction if < 1).')
+_BATCH = flags.DEFINE_integer('batch_size', 8, 'Rows per scoring batch.')
+_DTYPE = flags.DEFINE_string('dtype', 'float32', "'float32' or 'bfloat16'.")
+_OUTPUT = flags.DEFINE_string('output', '', 'Results JSON (default WORKDIR/lm_eval_results.json).')
+flags.mark_flags_as_required(['workdir'])
+
+
+def body() -> None:
+  from guide_jax import config as config_lib
+  if not _TASKS.value:
+    raise config_lib.ConfigError('--tasks is empty; name lm-eval tasks (e.g. --tasks=lambada_openai)')
+  try:
+    from guide_jax.evals import harness
+  except ImportError as e:
+    raise config_lib.ConfigError(f'lm-eval is not installed ({e}); pip install -e '
+                                 f"'.[eval]'") from None
+  limit = _LIMIT.value
+  if limit is not None and limit >= 1:
+    limit = int(limit)
+  results = harness.run(_WORKDIR.value, _TASKS.value, _INCLUDE.value, limit, _BATCH.value,
+                        _DTYPE.value, _OUTPUT.value)
+  from guide_jax import report
+  for row in report.harness_rows(results):
+    print(json.dumps(row))
+
+
+def main(argv):
+  del argv
+  cli.run(body)
+
+
+if __name__ == '__main__':
+  app.run(main, flags_parser=cli.parse_flags)
