@@ -147,9 +147,7 @@ def test_evaluate_cli_writes_the_results_json(hf_dir, tasks_dir, tmp_path):
   assert saved['results']['gj_toy_ll']['acc,none'] >= 0
   rows = [json.loads(line) for line in out.stdout.splitlines() if line.startswith('{')]
   assert {r['metric'] for r in rows} == {'perplexity', 'acc'}
-  bad = subprocess.run(
-      [sys.executable, '-m', 'guide_jax.evaluate', f'--workdir={hf_dir}', '--tasks=no_such_task',
-       f'--include_path={tasks_dir}'], cwd=REPO, capture_output=True, text=True, timeout=600,
-      env={**os.environ, **OFFLINE})
-  assert bad.returncode == 2
-  assert bad.stderr.strip().splitlines()[-1].startswith('error: --tasks: no_such_task is not')
+  from guide_jax import config as config_lib
+  from guide_jax.evals import harness
+  with pytest.raises(config_lib.ConfigError, match='--tasks: no_such_task is not an lm-eval'):
+    harness.run(hf_dir, ['no_such_task'], str(tasks_dir))

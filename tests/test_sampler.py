@@ -64,8 +64,9 @@ def greedy_by_full_forward(cfg, params, prompt, n):
   return ids[len(prompt):]
 
 
-@pytest.mark.parametrize('sharded', [False, True], ids=['one-device', 'mesh-2x2x2'])
-@pytest.mark.parametrize('variant', list(VARIANTS))
+@pytest.mark.parametrize('variant,sharded', [
+    ('learned-mha', False), ('learned-mha', True), ('rope-gqa', False), ('rope-gqa', True),
+    ('rope-mqa-qk_norm-bias-geglu-offset', False)])
 def test_greedy_equals_argmax_of_full_forward(variant, sharded):
   cfg, params, mesh = placed(variant, sharded)
   sampler = sampler_lib.Sampler(cfg, params, eos_id=-1, mesh=mesh)
@@ -118,3 +119,34 @@ def test_bad_requests_are_config_errors():
     sampler.generate([[1] * 60], sampler_lib.Sampling(max_new_tokens=8))
   with pytest.raises(config_lib.ConfigError, match='top_p=0 must be in'):
     sampler.generate(PROMPTS, sampler_lib.Sampling(top_p=0))
+
+
+def test_generate_cli_streams_the_greedy_completion(tmp_path):
+  import os
+  import subprocess
+  import sys
+  import hf_models
+  from conftest import REPO
+  hf_models.make('llama', str(tmp_path), vocab_size=320)
+  hf_models.make_tokenizer(str(tmp_path), vocab_size=300)
+
+  def generate(*flags):
+    return subprocess.run([sys.executable, '-m', 'guide_jax.generate', f'--workdir={tmp_path}',
+                           *flags], cwd=REPO, capture_output=True, text=True, timeout=300)
+
+  out = generate('--prompt=def parse(', '--max_new_tokens=8')
+  assert out.returncode == 0, out.stderr[-2000:]
+  loaded = sampler_lib.load(str(tmp_path))
+  new = loaded.sampler.generate([loaded.vocab.encode('def parse(')], sampler_lib.Sampling(8))
+  assert out.stdout == 'def parse(' + loaded.decode(new[0]) + '\n'
+  (tmp_path / 'prompts.txt').write_text('import \nclass A\n')
+  out = generate(f'--prompts_file={tmp_path}/prompts.txt', '--max_new_tokens=4',
+                 '--temperature=0.8', '--top_p=0.9', '--seed=3')
+  assert out.returncode == 0, out.stderr[-2000:]
+  assert sorted(line[:4] for line in out.stdout.splitlines()) == ['[0] ', '[1] ']
+  for flags, message in ((['--prompt=x', '--max_new_tokens=0'],
+                          'max_new_tokens=0 must be positive'),
+                         ([], 'no prompt'),
+                         (['--prompt=x', f'--workdir={tmp_path}/none'], 'neither a training run')):
+    bad = generate(*flags)
+    assert bad.returncode == 2 and message in bad.stderr.strip().splitlines()[-1], bad.stderr

@@ -266,11 +266,15 @@ def build(config: ml_collections.ConfigDict, progress: bool = False) -> Data:
     vocab = load_vocabulary(config, corpus)
     caches = tokenize(config, corpus, vocab, progress)
     validation, test = corpus.held_out
-    split = d.eval_split if corpus.eval is None else ''
-    train = [PackedRows(c.documents('train' if corpus.eval is None else '', validation, test),
-                        d.seq_len, d.seed, shuffle=True) for c in caches[:len(corpus.train)]]
-    valid = [PackedRows(c.documents(split, validation, test), d.seq_len, d.seed, shuffle=False)
-             for c in (caches[len(corpus.train):] or caches)]
+    # With data.eval_files, train reads every train document and eval its own cache;
+    # without, both read their hash split of the train caches.
+    own_eval = corpus.eval is not None
+    train_caches, eval_caches = caches[:len(corpus.train)], caches[len(corpus.train):]
+    train = [PackedRows(c.documents('' if own_eval else 'train', validation, test),
+                        d.seq_len, d.seed, shuffle=True) for c in train_caches]
+    valid = [PackedRows(c.documents('' if own_eval else d.eval_split, validation, test),
+                        d.seq_len, d.seed, shuffle=False)
+             for c in (eval_caches if own_eval else train_caches)]
     for rows, c in zip(train, caches):
       if rows.rows_per_epoch == 0:
         raise sources_lib.DataError(
