@@ -7,7 +7,9 @@
 Runs lm-evaluation-harness tasks on the run's latest checkpoint (or a Hugging Face
 directory) through guide_jax.evals.harness, and writes the harness's results JSON to
 WORKDIR/lm_eval_results.json (or --output), then prints one JSON line per (task, metric).
-Needs the `eval` extra (lm-eval).
+For a run on the embedded or files backend it also scores the run's own eval batches:
+eval/loss (nats per token) and eval/bits_per_byte, under "guide_jax" in the JSON and as a
+last printed line. Needs the `eval` extra (lm-eval).
 """
 
 from __future__ import annotations
@@ -45,6 +47,8 @@ def body() -> None:
   from guide_jax import report
   for row in report.harness_rows(results):
     print(json.dumps(row))
+  if results.get('guide_jax'):
+    print(json.dumps(results['guide_jax']))
 
 
 def main(argv):

@@ -151,6 +151,7 @@ def test_guide_init_starts_better_than_random(distill_config, tmp_path):
   assert first(tmp_path / 'g') < first(tmp_path / 'b') - 0.3
 
 
+@pytest.mark.slow  # the default run has test_files_data's CLI teacher-then-student
 def test_cli_teacher_then_guide_kd_student(tmp_path):
   out = run_cli('--config=experiments/guide_tiny.py', f'--workdir={tmp_path}',
                 '--config.train.steps=4', '--config.teacher.pretrain.train.steps=6',
@@ -180,6 +181,7 @@ def test_cli_startup_checks_exit_2(tmp_path, flag, message):
   assert message in out.stderr.strip().splitlines()[-1]
 
 
+@pytest.mark.slow  # `make demo` runs it
 def test_demo_runner_writes_the_summary(distill_config, tmp_path):
   from guide_jax import demo
   distill_config.train.steps = 3

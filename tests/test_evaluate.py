@@ -115,7 +115,8 @@ def test_custom_tasks_run_and_loglikelihoods_equal_the_models_scoring(hf_dir, ta
   loaded = sampler_lib.load(hf_dir)
   lm = harness.GuideJaxLM(loaded, batch_size=4)
   results = lm_eval.simple_evaluate(
-      model=lm, tasks=list(TASKS), task_manager=TaskManager(include_path=str(tasks_dir)),
+      model=lm, tasks=list(TASKS),
+      task_manager=TaskManager(include_path=str(tasks_dir), include_defaults=False),
       log_samples=True, bootstrap_iters=0)
   for sample in results['samples']['gj_toy_ll']:
     (context, continuation), = sample['arguments']
@@ -151,3 +152,18 @@ def test_evaluate_cli_writes_the_results_json(hf_dir, tasks_dir, tmp_path):
   from guide_jax.evals import harness
   with pytest.raises(config_lib.ConfigError, match='--tasks: no_such_task is not an lm-eval'):
     harness.run(hf_dir, ['no_such_task'], str(tasks_dir))
+
+
+def test_a_runs_own_eval_equals_what_the_trainer_logged(tiny_config, tmp_path):
+  from guide_jax import paths
+  from guide_jax.evals import own_data
+  from guide_jax.infer import sampler as sampler_lib
+  from guide_jax.train import trainer
+  from conftest import read_metrics
+  tiny_config.train.steps, tiny_config.train.warmup_steps = 2, 1
+  tiny_config.train.eval_every = 2
+  trainer.train(tiny_config, tmp_path)
+  logged = [r for r in read_metrics(tmp_path) if 'eval/loss' in r][-1]
+  scores = own_data.evaluate_run(paths.workdir_path(str(tmp_path)), sampler_lib.load(str(tmp_path)))
+  assert scores['eval/loss'] == pytest.approx(logged['eval/loss'], rel=1e-5)
+  assert scores['eval/bits_per_byte'] == pytest.approx(logged['eval/bits_per_byte'], rel=1e-5)

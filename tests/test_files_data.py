@@ -323,6 +323,8 @@ def test_cli_guide_student_on_a_jsonl_corpus(tmp_path):
   assert any('teacher/eval_bits_per_byte' in r for r in records)
   saved = json.loads((tmp_path / 'wd' / 'config.json').read_text())
   assert saved['data']['train_files'] == f'{tmp_path}/*.jsonl'
+  assert sorted(os.listdir(tmp_path / 'wd' / 'teacher' / 'checkpoints')) == ['3']
+  assert saved['data']['tokenizer'].endswith('spm.model')  # the teacher's, trained on the files
 
 
 def test_prepare_builds_the_cache_training_reads(tmp_path, hf_tokenizer):

@@ -25,7 +25,8 @@ def _main(*args):
   return r, time.perf_counter() - start
 
 
-@pytest.mark.parametrize('name', ['guide_1b', 'guide_400m'])
+@pytest.mark.parametrize('name', [
+    'guide_1b', pytest.param('guide_400m', marks=pytest.mark.slow)])  # the same code path
 def test_runlocal_keeps_the_architecture_and_runs(name, tmp_path):
   full = config_lib.load_experiment_module(name).get_config()
   local = config_lib.load_experiment_module(name).get_config('runlocal')

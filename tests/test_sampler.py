@@ -70,9 +70,9 @@ def greedy_by_full_forward(cfg, params, prompt, n):
 def test_greedy_equals_argmax_of_full_forward(variant, sharded):
   cfg, params, mesh = placed(variant, sharded)
   sampler = sampler_lib.Sampler(cfg, params, eos_id=-1, mesh=mesh)
-  got = sampler.generate(PROMPTS, sampler_lib.Sampling(max_new_tokens=12))
+  got = sampler.generate(PROMPTS, sampler_lib.Sampling(max_new_tokens=8))
   for prompt, row in zip(PROMPTS, got):
-    assert row == greedy_by_full_forward(cfg, params, prompt, 12)
+    assert row == greedy_by_full_forward(cfg, params, prompt, 8)
 
 
 def test_eos_stops_its_row_while_the_others_continue():
@@ -92,13 +92,13 @@ def test_eos_stops_its_row_while_the_others_continue():
 def test_sampling_is_reproducible_and_top_k_1_is_greedy():
   cfg, params, mesh = placed('learned-mha', False)
   sampler = sampler_lib.Sampler(cfg, params, eos_id=-1, mesh=mesh)
-  hot = sampler_lib.Sampling(max_new_tokens=16, temperature=3.0, seed=1)
+  hot = sampler_lib.Sampling(max_new_tokens=8, temperature=3.0, seed=1)
   first, again = sampler.generate(PROMPTS, hot), sampler.generate(PROMPTS, hot)
   assert first == again
-  other = sampler.generate(PROMPTS, sampler_lib.Sampling(16, temperature=3.0, seed=2))
+  other = sampler.generate(PROMPTS, sampler_lib.Sampling(8, temperature=3.0, seed=2))
   assert other != first
-  greedy = sampler.generate(PROMPTS, sampler_lib.Sampling(16))
-  assert sampler.generate(PROMPTS, sampler_lib.Sampling(16, temperature=3.0, top_k=1)) == greedy
+  greedy = sampler.generate(PROMPTS, sampler_lib.Sampling(8))
+  assert sampler.generate(PROMPTS, sampler_lib.Sampling(8, temperature=3.0, top_k=1)) == greedy
 
 
 def test_top_k_and_top_p_restrict_the_draw():
@@ -144,9 +144,7 @@ def test_generate_cli_streams_the_greedy_completion(tmp_path):
                  '--temperature=0.8', '--top_p=0.9', '--seed=3')
   assert out.returncode == 0, out.stderr[-2000:]
   assert sorted(line[:4] for line in out.stdout.splitlines()) == ['[0] ', '[1] ']
-  for flags, message in ((['--prompt=x', '--max_new_tokens=0'],
-                          'max_new_tokens=0 must be positive'),
-                         ([], 'no prompt'),
-                         (['--prompt=x', f'--workdir={tmp_path}/none'], 'neither a training run')):
-    bad = generate(*flags)
-    assert bad.returncode == 2 and message in bad.stderr.strip().splitlines()[-1], bad.stderr
+  bad = generate()
+  assert bad.returncode == 2 and 'error: no prompt' in bad.stderr.strip().splitlines()[-1]
+  with pytest.raises(config_lib.ConfigError, match='neither a training run'):
+    sampler_lib.load(str(tmp_path / 'none'))
