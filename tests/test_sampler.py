@@ -122,7 +122,6 @@ def test_bad_requests_are_config_errors():
 
 
 def test_generate_cli_streams_the_greedy_completion(tmp_path):
-  import os
   import subprocess
   import sys
   import hf_models

@@ -21,7 +21,6 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import itertools
-import pathlib
 import threading
 from typing import Iterator, Protocol, Sequence
 

@@ -26,7 +26,6 @@ import seqio
 import tensorflow as tf
 
 from guide_jax.data import embedded, packing, pipeline
-from guide_jax.data import tokenizer as tokenizer_lib
 
 TFDS_TASKS = {
     'c4_en': ('c4/en:3.1.0', {'train': 'train', 'validation': 'validation'}),

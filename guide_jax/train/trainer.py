@@ -33,7 +33,6 @@ from guide_jax.models import transformer
 from guide_jax.train import checkpointing, flops, optimizer, preflight, steps
 from guide_jax.train import teacher as teacher_lib
 from guide_jax.train import metrics as metrics_lib
-from guide_jax.train.checkpointing import CheckpointError
 
 ConfigError = config_lib.ConfigError
 
