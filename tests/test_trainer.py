@@ -116,6 +116,7 @@ def run_cli(*args, env_extra=None):
                         capture_output=True, text=True, timeout=600)
 
 
+@pytest.mark.slow  # the default run has the CLI through test_files_data and test_runlocal
 def test_cli_end_to_end(tmp_path):
   out = run_cli('--config=experiments/lm_tiny.py', f'--workdir={tmp_path}',
                 '--config.train.steps=10', '--config.train.progress_bar=False')
