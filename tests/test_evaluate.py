@@ -138,32 +138,29 @@ def test_custom_tasks_run_and_loglikelihoods_equal_the_models_scoring(hf_dir, ta
   assert gen['resps'][0][0] == loaded.decode(new).split('\n')[0]
 
 
-def test_evaluate_cli_writes_the_results_json(hf_dir, tasks_dir, tmp_path):
-  out = subprocess.run(
-      [sys.executable, '-m', 'guide_jax.evaluate', f'--workdir={hf_dir}', '--tasks=gj_toy_ll',
-       f'--include_path={tasks_dir}', '--limit=3', f'--output={tmp_path}/results.json'],
-      cwd=REPO, capture_output=True, text=True, timeout=600, env={**os.environ, **OFFLINE})
-  assert out.returncode == 0, out.stderr[-3000:]
-  saved = json.loads((tmp_path / 'results.json').read_text())
-  assert saved['results']['gj_toy_ll']['acc,none'] >= 0
-  rows = [json.loads(line) for line in out.stdout.splitlines() if line.startswith('{')]
-  assert {r['metric'] for r in rows} == {'perplexity', 'acc'}
+def test_evaluate_cli_on_a_run_writes_the_results_and_its_own_eval(tiny_config, tasks_dir,
+                                                                   tmp_path):
   from guide_jax import config as config_lib
   from guide_jax.evals import harness
-  with pytest.raises(config_lib.ConfigError, match='--tasks: no_such_task is not an lm-eval'):
-    harness.run(hf_dir, ['no_such_task'], str(tasks_dir))
-
-
-def test_a_runs_own_eval_equals_what_the_trainer_logged(tiny_config, tmp_path):
-  from guide_jax import paths
-  from guide_jax.evals import own_data
-  from guide_jax.infer import sampler as sampler_lib
   from guide_jax.train import trainer
   from conftest import read_metrics
   tiny_config.train.steps, tiny_config.train.warmup_steps = 2, 1
   tiny_config.train.eval_every = 2
-  trainer.train(tiny_config, tmp_path)
-  logged = [r for r in read_metrics(tmp_path) if 'eval/loss' in r][-1]
-  scores = own_data.evaluate_run(paths.workdir_path(str(tmp_path)), sampler_lib.load(str(tmp_path)))
-  assert scores['eval/loss'] == pytest.approx(logged['eval/loss'], rel=1e-5)
-  assert scores['eval/bits_per_byte'] == pytest.approx(logged['eval/bits_per_byte'], rel=1e-5)
+  run = tmp_path / 'run'
+  trainer.train(tiny_config, run)
+  out = subprocess.run(
+      [sys.executable, '-m', 'guide_jax.evaluate', f'--workdir={run}', '--tasks=gj_toy_ll',
+       f'--include_path={tasks_dir}', '--limit=3'],
+      cwd=REPO, capture_output=True, text=True, timeout=600, env={**os.environ, **OFFLINE})
+  assert out.returncode == 0, out.stderr[-3000:]
+  saved = json.loads((run / 'lm_eval_results.json').read_text())
+  assert saved['results']['gj_toy_ll']['acc,none'] >= 0
+  rows = [json.loads(line) for line in out.stdout.splitlines() if line.startswith('{')]
+  assert {r['metric'] for r in rows[:-1]} == {'perplexity', 'acc'}
+  # the run's own eval batches, scored from its checkpoint, as the trainer logged them
+  logged = [r for r in read_metrics(run) if 'eval/loss' in r][-1]
+  assert rows[-1] == saved['guide_jax']
+  assert rows[-1]['eval/loss'] == pytest.approx(logged['eval/loss'], rel=1e-5)
+  assert rows[-1]['eval/bits_per_byte'] == pytest.approx(logged['eval/bits_per_byte'], rel=1e-5)
+  with pytest.raises(config_lib.ConfigError, match='--tasks: no_such_task is not an lm-eval'):
+    harness.run(str(run), ['no_such_task'], str(tasks_dir))

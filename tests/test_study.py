@@ -105,13 +105,13 @@ def _miniature(tiny_config):
   return config
 
 
-ARMS = ('baseline', 'guide', 'guide_match_kd')
+ARMS = ('baseline', 'guide_match_kd')
 
 
 def test_miniature_study_runs_resumes_and_reports(tiny_config, tmp_path):
   config = _miniature(tiny_config)
   logs = []
-  only = '^(baseline|guide|guide_match_kd)/seed0$'  # no arm, KD and MATCH, GUIDE alone
+  only = '^(baseline|guide_match_kd)/seed0$'  # no teacher term; GUIDE + MATCH + KD
   finals = study.run_all(config, STUDY_FILE, 'main', tmp_path, only=only, log=logs.append)
   assert [f['name'] for f in finals] == [f'{arm}/seed0' for arm in ARMS]
   assert all(math.isfinite(f['eval/loss']) and f['step'] == 2 for f in finals)
@@ -124,7 +124,7 @@ def test_miniature_study_runs_resumes_and_reports(tiny_config, tmp_path):
 
   # Rerunning skips what finished; a run whose final.json is gone resumes from its
   # checkpoint (already at the last step) and reports the same eval loss.
-  guide_final = tmp_path / 'guide' / 'seed0' / 'final.json'
+  guide_final = tmp_path / 'guide_match_kd' / 'seed0' / 'final.json'
   before = json.loads(guide_final.read_text())
   guide_final.unlink()
   logs.clear()
@@ -134,10 +134,10 @@ def test_miniature_study_runs_resumes_and_reports(tiny_config, tmp_path):
       before['eval/loss'], abs=1e-6)
 
   harness = {'results': {'toy': {'alias': 'toy', 'acc,none': 0.5, 'acc_stderr,none': 'N/A'}}}
-  for run_dir in ('teacher', 'guide/seed0'):  # as `python -m guide_jax.evaluate` leaves it
+  for run_dir in ('teacher', 'guide_match_kd/seed0'):  # as `guide_jax.evaluate` leaves it
     (tmp_path / run_dir / report.HARNESS_RESULTS).write_text(json.dumps(harness))
   summary = report.write(tmp_path)
-  assert summary['harness'] == {'teacher': {'toy/acc': 0.5}, 'guide': {'toy/acc': 0.5}}
+  assert summary['harness'] == {'teacher': {'toy/acc': 0.5}, 'guide_match_kd': {'toy/acc': 0.5}}
   assert '| toy/acc | 0.5000 | 0.5000 |' in (tmp_path / 'report.md').read_text()
   assert set(summary['arms']) == set(ARMS)
   for arm in summary['arms'].values():

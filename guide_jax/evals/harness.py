@@ -146,7 +146,6 @@ def run(workdir: str, tasks: list[str], include_path: str = '', limit: float | N
   from guide_jax import config as config_lib
   from guide_jax import paths, report
   from guide_jax.evals import own_data
-  loaded = sampler_lib.load(workdir, dtype)
   # Indexing lm-eval's ~15k built-in tasks takes ~20 s: when --include_path holds every
   # task asked for, index only that folder.
   manager = TaskManager(include_path=include_path, include_defaults=False) if include_path \
@@ -158,6 +157,7 @@ def run(workdir: str, tasks: list[str], include_path: str = '', limit: float | N
     raise config_lib.ConfigError(
         f'--tasks: {", ".join(unknown)} is not an lm-eval task or group (with '
         f'--include_path={include_path!r}); list them with `lm-eval ls tasks`')
+  loaded = sampler_lib.load(workdir, dtype)
   # bootstrap_iters=0: the harness bootstraps standard errors in a forked pool, and
   # forking a process that runs JAX can deadlock.
   results = lm_eval.simple_evaluate(model=GuideJaxLM(loaded, batch_size), tasks=tasks,
