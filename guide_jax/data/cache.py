@@ -29,7 +29,6 @@ import os
 import pathlib
 import shutil
 import sys
-import tempfile
 
 import numpy as np
 import tqdm
@@ -87,11 +86,16 @@ def _stat(path: str) -> tuple[int, int]:
   return st.st_size, st.st_mtime_ns
 
 
-def cache_key(source: sources_lib.Source, vocab: tokenizer_lib.AnyVocabulary) -> str:
-  digest = hashlib.sha256(f'{LAYOUT}\0{vocab.fingerprint}\0{source.text_key}\0'.encode())
+def add_files(digest, source: sources_lib.Source) -> None:
+  """Hash each file's path, key, size and modification time: a changed file changes it."""
   for path, key in zip(source.files, source.keys):
     size, mtime = _stat(path)
     digest.update(f'{path}\0{key}\0{size}\0{mtime}\0'.encode())
+
+
+def cache_key(source: sources_lib.Source, vocab: tokenizer_lib.AnyVocabulary) -> str:
+  digest = hashlib.sha256(f'{LAYOUT}\0{vocab.fingerprint}\0{source.text_key}\0'.encode())
+  add_files(digest, source)
   return digest.hexdigest()[:20]
 
 
@@ -121,7 +125,7 @@ def tokenize_shard(files: list[str], keys: list[str], text_key: str, vocab_path:
     for index, text in sources_lib.read_documents(path, text_key, counts):
       texts.append(text)
       key = sources_lib.document_key(file_key, index, fmt)
-      buckets.append(int(hashlib.sha256(key.encode()).hexdigest(), 16) % 100)
+      buckets.append(sources_lib.bucket_of(key))
   docs = vocab.encode_batch(texts) if texts else []
   lengths = np.array([len(d) + 1 for d in docs], np.int64)
   tokens = np.empty(int(lengths.sum()), np.int32)
@@ -227,8 +231,7 @@ def _merge(partial: pathlib.Path, n_shards: int, final: pathlib.Path,
                     field, counts.malformed, counts.empty, counts.records,
                     counts.first_problem or 'none')
   lengths = np.concatenate(lengths)
-  tmp = pathlib.Path(tempfile.mkdtemp(dir=final.parent, prefix=f'.{final.name}.merge-'))
-  try:
+  with tokenizer_lib.staged_directory(final) as tmp:
     tokens = np.lib.format.open_memmap(tmp / 'tokens.npy', mode='w+', dtype=np.int32,
                                        shape=(int(lengths.sum()),))
     at = 0
@@ -245,11 +248,5 @@ def _merge(partial: pathlib.Path, n_shards: int, final: pathlib.Path,
                 'documents': int(len(lengths)), 'tokens': int(lengths.sum()),
                 'counts': dataclasses.asdict(counts)}
     (tmp / 'manifest.json').write_text(json.dumps(manifest, indent=1))
-    try:
-      os.rename(tmp, final)
-    except OSError:  # another process finished first: use theirs
-      pass
-  finally:
-    shutil.rmtree(tmp, ignore_errors=True)
   shutil.rmtree(partial, ignore_errors=True)
   return TokenCache(final)

@@ -220,9 +220,7 @@ def corpus_of(config: ml_collections.ConfigDict) -> Corpus:
     evaluation, held_out = None, (d.validation_percent, d.test_percent)
   digest = hashlib.sha256(f'files:{held_out}:{d.text_key}'.encode())
   for source in train:
-    for path, key in zip(source.files, source.keys):
-      size, mtime = cache_lib._stat(path)
-      digest.update(f'{path}\0{key}\0{size}\0{mtime}\0'.encode())
+    cache_lib.add_files(digest, source)
   return Corpus(train, evaluation, digest.hexdigest()[:16], held_out)
 
 

@@ -43,8 +43,13 @@ class DataError(ValueError):
   """Bad input data; the message names the file or field and what would fix it."""
 
 
+def bucket_of(key: str) -> int:
+  """A document key's hash bucket, 0-99: the split reads it (and the cache stores it)."""
+  return int(hashlib.sha256(key.encode()).hexdigest(), 16) % 100
+
+
 def split_of(key: str, validation_percent: int, test_percent: int = 0) -> str:
-  bucket = int(hashlib.sha256(key.encode()).hexdigest(), 16) % 100
+  bucket = bucket_of(key)
   if bucket < validation_percent:
     return 'validation'
   return 'test' if bucket < validation_percent + test_percent else 'train'

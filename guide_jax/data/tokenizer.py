@@ -10,6 +10,7 @@ kept verbatim (identity normalisation), so decoded Python code round-trips exact
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
@@ -174,17 +175,26 @@ def train_or_load(lines_fn, fingerprint: str, vocab_size: int,
   model_path = target / 'spm.model'
   if model_path.exists():
     return Vocabulary(model_path)
-  target.parent.mkdir(parents=True, exist_ok=True)
-  tmp = pathlib.Path(tempfile.mkdtemp(dir=target.parent, prefix='.training-'))
-  try:
+  with staged_directory(target) as tmp:
     _train_sentencepiece(lines_fn(), tmp, vocab_size)
+  return Vocabulary(model_path)
+
+
+@contextlib.contextmanager
+def staged_directory(final: pathlib.Path):
+  """A temporary sibling of `final` to fill, renamed to `final` when the block succeeds
+  and removed either way: an interrupted writer leaves nothing half-written under
+  `final`, and when concurrent writers race, the first rename wins and the rest use it."""
+  final.parent.mkdir(parents=True, exist_ok=True)
+  tmp = pathlib.Path(tempfile.mkdtemp(dir=final.parent, prefix=f'.{final.name}.'))
+  try:
+    yield tmp
     try:
-      os.rename(tmp, target)
+      os.rename(tmp, final)
     except OSError:  # another process finished first: use theirs
       pass
   finally:
     shutil.rmtree(tmp, ignore_errors=True)
-  return Vocabulary(model_path)
 
 
 def _train_sentencepiece(lines, tmp: pathlib.Path, vocab_size: int) -> None:
