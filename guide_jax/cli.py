@@ -75,10 +75,11 @@ def run(body: Callable[[], int | None]) -> None:
   if not flags.FLAGS['verbosity'].present:
     logging.set_verbosity(logging.WARNING)  # orbax logs every file it touches at INFO
   from guide_jax import config as config_lib
+  from guide_jax import sweep
   from guide_jax.train import checkpointing
   try:
     status = body()
-  except (config_lib.ConfigError, checkpointing.CheckpointError) as e:
+  except (config_lib.ConfigError, checkpointing.CheckpointError, sweep.SweepError) as e:
     print(f'error: {e}', file=sys.stderr)
     sys.exit(2)
   sys.exit(status or 0)

@@ -126,6 +126,7 @@ def base_config() -> ml_collections.ConfigDict:
   c.train.seed = 0                 # parameter init
   c.train.log_every = 10           # steps between train metric logs
   c.train.eval_every = 100         # steps between evaluations (and at the end)
+  c.train.eval_at_start = False    # also evaluate at step 0 (curves show the head start)
   c.train.checkpoint_every = 100   # steps between checkpoints (and at the end)
   c.train.keep_checkpoints = 2     # how many checkpoints to keep
   c.train.async_checkpoints = True # write checkpoints in the background

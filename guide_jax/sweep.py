@@ -19,6 +19,11 @@ from typing import Any
 import ml_collections
 
 
+class SweepError(ValueError):
+  """A sweep that cannot run: a missing experiment file, an unknown override or sweep
+  name, a duplicate run name. Commands print it as one `error:` line (cli.run)."""
+
+
 @dataclasses.dataclass(frozen=True)
 class Run:
   name: str                    # unique within the sweep; also its workdir below the root
@@ -36,7 +41,7 @@ def load_module(config_path: str | pathlib.Path):
   """The experiment file as a module (for its get_config and get_sweep)."""
   path = pathlib.Path(config_path)
   if not path.is_file():
-    raise FileNotFoundError(f'--config={str(path)!r} is not a file; pass experiments/NAME.py')
+    raise SweepError(f'--config={str(path)!r} is not a file; pass experiments/NAME.py')
   spec = importlib.util.spec_from_file_location(f'experiment_{path.stem}', path)
   module = importlib.util.module_from_spec(spec)
   spec.loader.exec_module(module)
@@ -45,24 +50,28 @@ def load_module(config_path: str | pathlib.Path):
 
 def apply_overrides(config: ml_collections.ConfigDict,
                     overrides: dict[str, Any]) -> ml_collections.ConfigDict:
-  """A copy of `config` with dotted fields replaced; an unknown field is a KeyError."""
+  """A copy of `config` with dotted fields replaced; an unknown field is a SweepError."""
   config = ml_collections.ConfigDict(config.to_dict())
   for dotted, value in overrides.items():
     *parents, leaf = dotted.split('.')
     node = config
     for part in parents:
-      node = node[part]
-    if leaf not in node:
-      raise KeyError(f'sweep override {dotted!r}: the config has no such field')
+      node = node.get(part) if isinstance(node, ml_collections.ConfigDict) else None
+    if not isinstance(node, ml_collections.ConfigDict) or leaf not in node:
+      raise SweepError(f'sweep override {dotted!r}: the config has no such field')
     node[leaf] = value
   return config
 
 
 def entries(module, sweep: str) -> list[dict]:
-  """`module.get_sweep(sweep)`, checked to exist."""
+  """`module.get_sweep(sweep)`, checked to exist (its ValueError, e.g. for an unknown
+  sweep name, is a SweepError)."""
   if not hasattr(module, 'get_sweep'):
-    raise ValueError(f'{module.__file__} defines no get_sweep(name); add one')
-  return module.get_sweep(sweep)
+    raise SweepError(f'{module.__file__} defines no get_sweep(name); add one')
+  try:
+    return module.get_sweep(sweep)
+  except ValueError as e:
+    raise SweepError(f'--sweep={sweep}: {e}') from None
 
 
 def runs(base: ml_collections.ConfigDict, sweep_entries: list[dict],
@@ -73,7 +82,7 @@ def runs(base: ml_collections.ConfigDict, sweep_entries: list[dict],
     entry = dict(entry)
     name = entry.pop('name')
     if name in seen:
-      raise ValueError(f'the sweep names run {name!r} twice; names must be unique')
+      raise SweepError(f'the sweep names run {name!r} twice; names must be unique')
     seen.add(name)
     out.append(Run(name, entry, posixpath.join(str(root), name),
                    apply_overrides(base, entry)))
@@ -97,24 +106,25 @@ def main(argv) -> None:
   experiment file, which needs JAX.
   """
   import json
-  import sys
   from absl import flags
+  from guide_jax import cli
   del argv
   FLAGS = flags.FLAGS
-  try:
+
+  def body():
     module = load_module(FLAGS.config)
     if FLAGS.sweep:
       out = runs(module.get_config(), entries(module, FLAGS.sweep), FLAGS.root)
     else:
       out = [Run(pathlib.Path(FLAGS.config).stem, {}, FLAGS.root, module.get_config())]
-  except (FileNotFoundError, KeyError, ValueError) as e:
-    print(f'error: {e}', file=sys.stderr)
-    sys.exit(2)
-  for run in out:
-    print(json.dumps({'name': run.name, 'workdir': run.workdir, 'flags': run.flags()}))
+    for run in out:
+      print(json.dumps({'name': run.name, 'workdir': run.workdir, 'flags': run.flags()}))
+
+  cli.run(body)
 
 
 if __name__ == '__main__':
   from absl import app
+  from guide_jax import cli
   define_flags()
-  app.run(main)
+  app.run(main, flags_parser=cli.parse_flags)

@@ -2,6 +2,7 @@
 
 import json
 import math
+import os
 
 import pytest
 
@@ -21,7 +22,7 @@ def test_sweep_overrides_and_flags(tiny_config, tmp_path):
   assert runs[0].workdir == f'{tmp_path}/a/seed0'
   assert runs[0].flags() == ['--config.train.seed=3', '--config.guide.center=True',
                              f'--workdir={tmp_path}/a/seed0']
-  with pytest.raises(KeyError, match='train.sead'):
+  with pytest.raises(sweep.SweepError, match='train.sead'):
     sweep.runs(tiny_config, [{'name': 'x', 'train.sead': 1}], tmp_path)
   with pytest.raises(ValueError, match='twice'):
     sweep.runs(tiny_config, [{'name': 'x'}, {'name': 'x'}], tmp_path)
@@ -89,30 +90,50 @@ def test_report_without_runs_is_an_error(tmp_path):
     report.write(tmp_path)
 
 
-def _miniature(tiny_config):
-  """study_cpu.py shrunk to lm_tiny sizes: 2 steps per run, teacher twice as wide."""
-  config = sweep.load_module(STUDY_FILE).get_config()
-  teacher = config.teacher.pretrain
-  for c, width in ((config, 32), (teacher, 64)):
-    c.model = tiny_config.model.copy_and_resolve_references()
+MINIATURE = f"""
+\"\"\"study_cpu.py shrunk to lm_tiny sizes: 2 steps per run, teacher twice as wide.\"\"\"
+from guide_jax import sweep
+
+_study = sweep.load_module({STUDY_FILE!r})
+get_sweep = _study.get_sweep
+
+
+def get_config():
+  tiny = sweep.load_module({REPO + '/experiments/lm_tiny.py'!r}).get_config()
+  config = _study.get_config()
+  for c, width in ((config, 32), (config.teacher.pretrain, 64)):
+    c.model = tiny.model.copy_and_resolve_references()
     c.model.d_model = width
-    c.data = tiny_config.data.copy_and_resolve_references()
+    c.data = tiny.data.copy_and_resolve_references()
     c.data.test_percent = 20
     c.data.eval_split = 'test'
     c.data.eval_batches = 1
     c.train.steps, c.train.warmup_steps, c.train.eval_every = 2, 0, 1
     c.train.async_checkpoints, c.train.peak_flops = False, 1e11
+    c.train.progress_bar = False
   return config
+"""
 
 
 ARMS = ('baseline', 'guide_match_kd')
 
 
-def test_miniature_study_runs_resumes_and_reports(tiny_config, tmp_path):
-  config = _miniature(tiny_config)
+def test_miniature_study_runs_resumes_and_reports(tmp_path):
+  study_file = tmp_path / 'study_miniature.py'
+  study_file.write_text(MINIATURE)
+  config = sweep.load_module(study_file).get_config()
   logs = []
   only = '^(baseline|guide_match_kd)/seed0$'  # no teacher term; GUIDE + MATCH + KD
-  finals = study.run_all(config, STUDY_FILE, 'main', tmp_path, only=only, log=logs.append)
+  # Two runs at a time, each in its own process on one core (the teacher first, alone).
+  failed = study.run_parallel(config, str(study_file), 'main', tmp_path, None, only, 2, [],
+                              log=logs.append)
+  assert failed == []
+  assert sorted(line.split(' -> ')[0] for line in logs) == ['baseline/seed0',
+                                                             'guide_match_kd/seed0', 'teacher']
+  if len(os.sched_getaffinity(0)) == 2:
+    assert any('(cores [0])' in line for line in logs) and any('(cores [1])' in line
+                                                               for line in logs)
+  finals = [json.loads((tmp_path / f'{arm}/seed0/final.json').read_text()) for arm in ARMS]
   assert [f['name'] for f in finals] == [f'{arm}/seed0' for arm in ARMS]
   assert all(math.isfinite(f['eval/loss']) and f['step'] == 2 for f in finals)
   assert all(0 < f['eval/bits_per_byte'] < f['eval/loss'] for f in finals)
@@ -128,8 +149,9 @@ def test_miniature_study_runs_resumes_and_reports(tiny_config, tmp_path):
   before = json.loads(guide_final.read_text())
   guide_final.unlink()
   logs.clear()
-  study.run_all(config, STUDY_FILE, 'main', tmp_path, only=only, log=logs.append)
+  study.run_all(config, str(study_file), 'main', tmp_path, only=only, log=logs.append)
   assert sum('skipped' in line for line in logs) == len(ARMS) - 1
+  assert not any('teacher ->' in line for line in logs)  # trained once, never again
   assert json.loads(guide_final.read_text())['eval/loss'] == pytest.approx(
       before['eval/loss'], abs=1e-6)
 

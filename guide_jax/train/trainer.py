@@ -313,6 +313,9 @@ def train(config: ml_collections.ConfigDict, workdir: str | os.PathLike, *,
     step = start_step
     interrupted = False
     window_start, window_steps = time.perf_counter(), 0
+    if start_step == 0 and cfg.train.eval_at_start:
+      last_eval = evaluate(eval_step, state['params'], data.eval_batches, mesh, rules, extra)
+      writer.write(0, {metrics_lib.TOKENS: 0, **last_eval})
     with _StopSignal() as stop:
       while step < cfg.train.steps:
         batch = sharding.global_batch_from_local(next(data.train), mesh, rules)
