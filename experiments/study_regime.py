@@ -2,9 +2,8 @@
 trained to their plateau, gap closure against tokens with 95% confidence intervals.
 
   python -m guide_jax.study --config=experiments/study_regime.py --sweep=main \
-      --study_dir=workdirs/regime_study
-  python -m guide_jax.report --study_dir=workdirs/regime_study \
-      --out=results/regime_study --claims
+      --study_dir=workdirs/regime_study --parallel=2
+  python -m guide_jax.report --study_dir=workdirs/regime_study --out_dir=results/regime_study
 
 Corpus: the Python sources of four installed packages (torch, sympy, pandas, scipy: ~118
 MB, ~1.6k-file packages each, far less copy-pasted code than transformers), read by the

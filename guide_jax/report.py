@@ -7,6 +7,14 @@ Runs named '<arm>/seed<k>' are grouped by arm. Gap closure of an arm at seed k i
 (L_baseline,k - L_arm,k) / (L_baseline,k - L_teacher): paired with the baseline of the
 same seed (same data order), so seed noise that both share cancels. Writes to OUT_DIR
 (default STUDY_DIR): report.md, summary.json, loss_curves.png, gap_closure.png.
+
+Gap closure is also followed against tokens: at every evaluation both runs of a seed made
+(step 0 too, with train.eval_at_start), the paired closures of the seeds give a mean and a
+95% confidence interval (Student's t over seeds). Each of the paper's claims gets a verdict
+from those intervals at the end of training: met, not met, or not resolvable at this
+precision (the interval straddles the threshold). summary.json also records how much the
+teacher's and the baseline's held-out loss still fell over the last quarter of their
+training (converged runs barely move) and the students' tokens per parameter.
 """
 
 from __future__ import annotations
@@ -15,15 +23,36 @@ import json
 import math
 import pathlib
 import statistics
-import sys
 
 from absl import app, flags
 
+from guide_jax import cli
+from guide_jax import config as config_lib
+
 BASELINE = 'baseline'
+MILESTONES = (0.1, 0.25, 0.5, 1.0)  # fractions of training in the closure table
+
+# Student's t, 97.5% quantile, by degrees of freedom (1..30); beyond, the normal's 1.96.
+_T975 = (12.706, 4.303, 3.182, 2.776, 2.571, 2.447, 2.365, 2.306, 2.262, 2.228, 2.201,
+         2.179, 2.160, 2.145, 2.131, 2.120, 2.110, 2.101, 2.093, 2.086, 2.080, 2.074,
+         2.069, 2.064, 2.060, 2.056, 2.052, 2.048, 2.045, 2.042)
 
 
-class ReportError(ValueError):
-  pass
+class ReportError(config_lib.ConfigError):
+  """A study directory that cannot be reported (one `error:` line, exit 2)."""
+
+
+def ci95(values: list[float]) -> tuple[float, float, float] | None:
+  """(mean, lo, hi): the mean with a 95% t interval over independent samples (seeds);
+  None for no samples, an interval of width 0 for one (nothing to say about spread)."""
+  if not values:
+    return None
+  mean = statistics.fmean(values)
+  if len(values) < 2:
+    return mean, mean, mean
+  t = _T975[len(values) - 2] if len(values) - 1 <= len(_T975) else 1.96
+  half = t * statistics.stdev(values) / math.sqrt(len(values))
+  return mean, mean - half, mean + half
 
 
 def _read_jsonl(path: pathlib.Path) -> list[dict]:
@@ -56,7 +85,12 @@ def load_study(study_dir: pathlib.Path) -> dict:
     arms.setdefault(arm or name, {})[seed or '0'] = run
   if not arms:
     raise ReportError(f'no run under {study_dir} has finished (no final.json); run the study')
-  return {'meta': meta, 'arms': arms, 'teacher_harness': harness_scores(study_dir / 'teacher')}
+  teacher_dir = pathlib.Path(meta.get('teacher_dir') or study_dir / 'teacher')
+  teacher_metrics = teacher_dir / 'metrics.jsonl'
+  teacher_curve = ({r['tokens']: r['eval/loss'] for r in _read_jsonl(teacher_metrics)
+                    if 'eval/loss' in r} if teacher_metrics.exists() else {})
+  return {'meta': meta, 'arms': arms, 'teacher_harness': harness_scores(teacher_dir),
+          'teacher_curve': teacher_curve}
 
 
 HARNESS_RESULTS = 'lm_eval_results.json'  # what `python -m guide_jax.evaluate` writes
@@ -111,8 +145,15 @@ def summarize(study: dict) -> dict:
              'tokens': next(iter(seeds.values()))['final']['tokens']}
     if closures and None not in closures:
       entry['gap_closure_mean'], entry['gap_closure_std'] = _mean_std(closures)
+    if closures and None not in closures:
+      entry['gap_closure_ci95'] = list(ci95(closures)[1:])
     bits = [r['final'].get('eval/bits_per_byte') for r in seeds.values()]
     entry['bits_per_byte_mean'] = statistics.fmean(bits) if None not in bits else None
+    params = {r['final'].get('student_params') for r in seeds.values()}
+    if len(params) == 1 and None not in params:
+      entry['student_params'] = params.pop()
+    if teacher is not None and arm != BASELINE:
+      entry['gap_closure_curve'] = closure_curve(base, seeds, teacher)
     out_arms[arm] = entry
   harness = {'teacher': study['teacher_harness']} if study['teacher_harness'] else {}
   for arm, seeds in arms.items():
@@ -120,32 +161,110 @@ def summarize(study: dict) -> dict:
     if keys:
       harness[arm] = {k: statistics.fmean(r['harness'][k] for r in seeds.values())
                       for k in sorted(keys)}
+  params = {a['student_params'] for a in out_arms.values() if 'student_params' in a}
+  tokens = {a['tokens'] for a in out_arms.values()}
+  baseline_curve = _mean_curve(base) if base else {}
   return {'teacher_eval_loss': teacher, 'teacher_bits_per_byte': teacher_bpb,
           'harness': harness, 'approx_teacher_eval_loss': approx,
-          'explained_variance': explained, 'arms': out_arms}
+          'explained_variance': explained,
+          'teacher_last_quarter_improvement': last_quarter_improvement(
+              study.get('teacher_curve', {})),
+          'baseline_last_quarter_improvement': last_quarter_improvement(baseline_curve),
+          'student_tokens_per_param': (tokens.pop() / params.pop()
+                                       if len(params) == 1 and len(tokens) == 1 else None),
+          'arms': out_arms, 'verdicts': verdicts(study, teacher)}
+
+
+def _mean_curve(seeds: dict) -> dict[int, float]:
+  """{tokens: eval loss averaged over seeds} at the evaluations every seed made."""
+  tokens = sorted(set.intersection(*(set(r['curve']) for r in seeds.values())))
+  return {t: statistics.fmean(r['curve'][t] for r in seeds.values()) for t in tokens}
+
+
+def last_quarter_improvement(curve: dict[int, float]) -> float | None:
+  """(L(3/4 of training) - L(end)) / L(3/4): the fraction by which held-out loss still fell
+  over the last quarter; the evaluation nearest 3/4 of the tokens stands for it."""
+  if len(curve) < 2:
+    return None
+  end = max(curve)
+  quarter = min((t for t in curve if t < end), key=lambda t: abs(t - 0.75 * end))
+  return (curve[quarter] - curve[end]) / curve[quarter]
+
+
+def _paired(base: dict, seeds: dict, tokens: int, teacher: float) -> list[float]:
+  """The closure of each seed at `tokens`, paired with the baseline of that seed."""
+  out = []
+  for s, r in seeds.items():
+    if s in base and tokens in r['curve'] and tokens in base[s]['curve']:
+      c = closure(base[s]['curve'][tokens], r['curve'][tokens], teacher)
+      if c is not None:
+        out.append(c)
+  return out
+
+
+def closure_curve(base: dict, seeds: dict, teacher: float) -> list[dict]:
+  """[{tokens, mean, ci95: [lo, hi], seeds}] at every evaluation of the arm and baseline."""
+  points = []
+  every = sorted(set.union(*(set(r['curve']) for r in seeds.values())))
+  for t in every:
+    stats = ci95(_paired(base, seeds, t, teacher))
+    if stats is not None:
+      n = len(_paired(base, seeds, t, teacher))
+      points.append({'tokens': t, 'mean': stats[0], 'ci95': list(stats[1:]), 'seeds': n})
+  return points
+
+
+def at_fraction(curve: list[dict], fraction: float) -> dict | None:
+  """The point of a closure curve nearest `fraction` of its last point's tokens."""
+  if not curve:
+    return None
+  end = curve[-1]['tokens']
+  return min(curve, key=lambda p: abs(p['tokens'] - fraction * end))
+
+
+def _final_closures(study: dict, arm: str, teacher: float) -> dict[str, float]:
+  base = study['arms'].get(BASELINE, {})
+  return {s: closure(base[s]['final']['eval/loss'], r['final']['eval/loss'], teacher)
+          for s, r in study['arms'].get(arm, {}).items() if s in base}
+
+
+def verdicts(study: dict, teacher: float | None) -> list[dict]:
+  """The paper's claims at the end of training, each judged from a 95% interval over
+  paired seeds: 'met' when the whole interval is on the claim's side, 'not met' when it is
+  all on the other, else 'not resolvable at this precision'."""
+  if teacher is None:
+    return []
+  c = {arm: _final_closures(study, arm, teacher) for arm in ('guide', 'kd', 'guide_kd')}
+
+  def judged(claim: str, per_seed: dict[str, float], threshold: float = 0.0) -> dict:
+    stats = ci95([v for v in per_seed.values() if v is not None])
+    if stats is None:
+      return None
+    mean, lo, hi = stats
+    verdict = ('met' if lo > threshold else 'not met' if hi <= threshold
+               else 'not resolvable at this precision')
+    return {'claim': claim, 'mean': mean, 'ci95': [lo, hi], 'seeds': len(per_seed),
+            'verdict': verdict}
+
+  def combine(fn, *arms):
+    common = set.intersection(*(set(c[a]) for a in arms))
+    return {s: fn(*(c[a][s] for a in arms)) for s in sorted(common)
+            if None not in (c[a][s] for a in arms)}
+
+  out = [judged('GUIDE alone closes >= 25% of the gap (its closure)', c['guide'], 0.25),
+         judged('GUIDE alone beats KD alone (GUIDE - KD closure)',
+                combine(lambda g, k: g - k, 'guide', 'kd')),
+         judged('GUIDE+KD beats the better of GUIDE and KD (GUIDE+KD - max)',
+                combine(lambda g, k, gk: gk - max(g, k), 'guide', 'kd', 'guide_kd')),
+         judged('GUIDE+KD is near-additive: >= 80% of GUIDE + KD (GUIDE+KD - 0.8 (GUIDE + '
+                'KD))', combine(lambda g, k, gk: gk - 0.8 * (g + k), 'guide', 'kd',
+                                'guide_kd'))]
+  return [v for v in out if v is not None and v['seeds']]
 
 
 def closure(baseline_loss: float, arm_loss: float, teacher_loss: float) -> float | None:
   gap = baseline_loss - teacher_loss
   return (baseline_loss - arm_loss) / gap if gap > 0 else None
-
-
-def targets(summary: dict) -> list[tuple[str, bool]]:
-  """The paper's claims, checked where the arms they need are present."""
-  arms = {k: v['gap_closure_mean'] for k, v in summary['arms'].items()}
-  checks = []
-  g, kd, gkd = arms.get('guide'), arms.get('kd'), arms.get('guide_kd')
-  if g is not None:
-    checks.append((f'GUIDE alone closes >= 25% of the gap ({g:.1%})', g >= 0.25))
-  if g is not None and kd is not None:
-    checks.append((f'GUIDE alone beats KD alone ({g:.1%} vs {kd:.1%})', g > kd))
-  if None not in (g, kd, gkd):
-    checks.append((f'GUIDE+KD closes more than either alone ({gkd:.1%} vs {g:.1%}, '
-                   f'{kd:.1%})', gkd > max(g, kd)))
-    ratio = gkd / (g + kd) if g + kd > 0 else float('nan')
-    checks.append((f'GUIDE+KD is near-additive: >= 80% of GUIDE + KD ({ratio:.1%} of '
-                   f'{g + kd:.1%})', ratio >= 0.8))
-  return checks
 
 
 def markdown(study: dict, summary: dict, title: str) -> str:
@@ -166,14 +285,16 @@ def markdown(study: dict, summary: dict, title: str) -> str:
                  f'{a:.4f}; PCA explained variance {e:.1%}.')
   lines += ['', f'Eval split: {_eval_split(study)}. Mean ± std over seeds; gap closure '
             f'paired with the baseline of the same seed.', '',
-            '| arm | seeds | tokens | eval loss (nats/token) | bits/byte | ppl | gap closure |',
-            '|---|---|---|---|---|---|---|']
+            '| arm | seeds | tokens | eval loss (nats/token) | bits/byte | ppl | gap closure '
+            '| 95% CI |', '|---|---|---|---|---|---|---|---|']
   for arm, s in summary['arms'].items():
     one = s['seeds'] < 2  # no spread to show
     lines.append(f'| {arm} | {s["seeds"]} | {s["tokens"]:,} | '
                  f'{fmt(s["eval_loss_mean"], None if one else s["eval_loss_std"])} | '
                  f'{fmt(s.get("bits_per_byte_mean"), None)} | {s["ppl_mean"]:.2f} | '
-                 f'{fmt(s["gap_closure_mean"], None if one else s["gap_closure_std"], True)} |')
+                 f'{fmt(s["gap_closure_mean"], None if one else s["gap_closure_std"], True)} | '
+                 + (f'[{s["gap_closure_ci95"][0]:.1%}, {s["gap_closure_ci95"][1]:.1%}] |'
+                    if 'gap_closure_ci95' in s and not one else '— |'))
   lines += ['', '| arm | what it sets (besides train.seed, data.seed) |', '|---|---|']
   for arm, seeds in study['arms'].items():
     overrides = next(iter(seeds.values()))['final'].get('overrides', {})
@@ -193,11 +314,33 @@ def markdown(study: dict, summary: dict, title: str) -> str:
              if n.rpartition('/')[2] not in study['arms'].get(n.rpartition('/')[0] or n, {})]
   if missing:
     lines += ['', f'Not finished, left out: {", ".join(missing)}.']
-  checks = targets(summary)
-  if checks:
-    lines += ['', '## Targets', '']
-    lines += [f'- [{"x" if ok else " "}] {text}: **{"met" if ok else "missed"}**'
-              for text, ok in checks]
+  curves = {arm: s['gap_closure_curve'] for arm, s in summary['arms'].items()
+            if s.get('gap_closure_curve')}
+  if curves:
+    lines += ['', '## Gap closure against training (mean [95% CI] over paired seeds)', '',
+              '| arm | at start | ' + ' | '.join(f'{f:.0%} of training' for f in MILESTONES)
+              + ' |', '|---|---|' + '---|' * len(MILESTONES)]
+    for arm, curve in curves.items():
+      cells = [curve[0] if curve[0]['tokens'] == 0 else None,
+               *(at_fraction(curve, f) for f in MILESTONES)]
+      lines.append(f'| {arm} | ' + ' | '.join(
+          '—' if p is None else f'{p["mean"]:.1%} [{p["ci95"][0]:.1%}, {p["ci95"][1]:.1%}]'
+          for p in cells) + ' |')
+  regime = [(name, summary.get(key)) for name, key in (
+      ('teacher: held-out loss fell over the last quarter of its training by',
+       'teacher_last_quarter_improvement'),
+      ('baseline student: held-out loss fell over its last quarter by',
+       'baseline_last_quarter_improvement'))]
+  if any(v is not None for _, v in regime) or summary.get('student_tokens_per_param'):
+    lines += ['', '## Regime', '']
+    lines += [f'- {name} {v:.2%}' for name, v in regime if v is not None]
+    if summary.get('student_tokens_per_param'):
+      lines.append(f'- students trained on {summary["student_tokens_per_param"]:.1f} tokens '
+                   f'per parameter')
+  if summary.get('verdicts'):
+    lines += ['', '## The paper\'s claims at the end of training', '']
+    lines += [f'- {v["claim"]}: {v["mean"]:+.1%} [{v["ci95"][0]:+.1%}, {v["ci95"][1]:+.1%}] '
+              f'over {v["seeds"]} seeds: **{v["verdict"]}**' for v in summary['verdicts']]
   lines += ['', '![eval loss](loss_curves.png)', '', '![gap closure](gap_closure.png)', '']
   return '\n'.join(lines)
 
@@ -235,23 +378,17 @@ def plots(study: dict, summary: dict, out_dir: pathlib.Path) -> None:
   plt.close(fig)
 
   fig, ax = plt.subplots(figsize=(7, 4.5))
-  base = arms.get(BASELINE)
-  if base is not None and teacher is not None:
-    base_tokens, base_curve = mean_curve(base)
-    base_at = dict(zip(base_tokens, base_curve))
-    for arm, seeds in arms.items():
-      if arm == BASELINE:
-        continue
-      tokens, curve = mean_curve(seeds)
-      points = [(t, closure(base_at[t], v, teacher)) for t, v in zip(tokens, curve)
-                if t in base_at]
-      points = [(t, c) for t, c in points if c is not None]
-      if points:
-        ax.plot(*zip(*points), marker='.', label=arm, **style[arm])
-    ax.axhline(0.0, color='k', linewidth=0.8)
+  for arm, entry in summary['arms'].items():
+    curve = entry.get('gap_closure_curve')
+    if curve:
+      tokens = [p['tokens'] for p in curve]
+      ax.plot(tokens, [p['mean'] for p in curve], marker='.', label=arm, **style[arm])
+      ax.fill_between(tokens, [p['ci95'][0] for p in curve], [p['ci95'][1] for p in curve],
+                      color=style[arm]['color'], alpha=0.15, linewidth=0)
+  ax.axhline(0.0, color='k', linewidth=0.8)
   ax.yaxis.set_major_formatter(matplotlib.ticker.PercentFormatter(1.0))
   ax.set(xlabel='training tokens', ylabel='gap closure vs baseline',
-         title='Gap closure against tokens (mean curves)')
+         title='Gap closure against tokens (mean, 95% CI over paired seeds)')
   ax.legend()
   fig.tight_layout()
   fig.savefig(out_dir / 'gap_closure.png', dpi=110)
@@ -281,16 +418,15 @@ def define_flags() -> None:
 def main(argv):
   del argv
   f = flags.FLAGS
-  study_dir = pathlib.Path(f.study_dir)
-  try:
+
+  def body():
+    study_dir = pathlib.Path(f.study_dir)
     write(study_dir, pathlib.Path(f.out_dir) if f.out_dir else None, f.title)
-  except ReportError as e:
-    print(f'error: {e}', file=sys.stderr)
-    sys.exit(2)
-  out = pathlib.Path(f.out_dir or study_dir)
-  print((out / 'report.md').read_text())
+    print((pathlib.Path(f.out_dir or study_dir) / 'report.md').read_text())
+
+  cli.run(body)
 
 
 if __name__ == '__main__':
   define_flags()
-  app.run(main)
+  app.run(main, flags_parser=cli.parse_flags)

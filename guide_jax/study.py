@@ -23,6 +23,7 @@ Then: python -m guide_jax.report --study_dir=STUDY_DIR
 from __future__ import annotations
 
 import json
+import math
 import os
 import pathlib
 import re
@@ -150,9 +151,12 @@ def run_parallel(config, config_path: str, sweep_name: str, study_dir: pathlib.P
 
 def _finish(result: dict, config, workdir: pathlib.Path, name: str, overrides: dict,
             seconds: float | None = None) -> None:
+  import jax  # JAX runs by now; imported late so that --cpus pins cores before it starts
   final = {k: v for k, v in result.items() if isinstance(v, (int, float, str))}
   final.update(name=name, overrides=overrides, wall_s=seconds, eval_split=config.data.eval_split,
-               tokens=config.train.steps * config.data.global_batch_size * config.data.seq_len)
+               tokens=config.train.steps * config.data.global_batch_size * config.data.seq_len,
+               student_params=sum(math.prod(x.shape) for x in
+                                  jax.tree.leaves(result['params'])))
   tmp = workdir / f'{FINAL}.tmp'
   tmp.write_text(json.dumps(final, indent=2, default=str))
   tmp.replace(workdir / FINAL)

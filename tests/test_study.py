@@ -85,6 +85,69 @@ def test_report_gap_closure_is_paired_by_seed(tmp_path):
   assert json.loads((tmp_path / 'summary.json').read_text()) == summary
 
 
+def _curve_run(root, name, curve, teacher=2.0, params=1000):
+  """A finished run whose eval curve is {tokens: loss}, step 0 included."""
+  workdir = root / name
+  workdir.mkdir(parents=True)
+  records = [{'step': 0, 'teacher/eval_loss': teacher}] + [
+      {'step': t // 100, 'tokens': t, 'eval/loss': v} for t, v in sorted(curve.items())]
+  (workdir / 'metrics.jsonl').write_text(''.join(json.dumps(r) + '\n' for r in records))
+  (workdir / 'final.json').write_text(json.dumps(
+      {'eval/loss': curve[max(curve)], 'tokens': max(curve), 'eval_split': 'test',
+       'student_params': params}))
+
+
+def test_report_closure_against_tokens_with_intervals_and_verdicts(tmp_path):
+  teacher, t975 = 2.0, 4.303  # Student's t, 2 degrees of freedom
+  base_end = {0: 4.0, 1: 4.2, 2: 4.1}
+  closures = {'guide': (0.10, 0.12, 0.11), 'kd': (0.1, 0.3, 0.2),
+              'guide_kd': (0.5, 0.6, 0.55)}
+  runs = {}
+  for k, end in base_end.items():
+    runs[f'baseline/seed{k}'] = {0: 6.9, 100: 5.0, 200: 4.5, 300: 4.2 + 0.01 * k, 400: end}
+    for arm, c in closures.items():  # at the end: closure c[k]; at the start: half of it
+      runs[f'{arm}/seed{k}'] = {0: 6.9 - c[k] / 2 * (6.9 - teacher), 100: 4.9, 200: 4.4,
+                                300: 4.1, 400: end - c[k] * (end - teacher)}
+  for name, curve in runs.items():
+    _curve_run(tmp_path, name, curve)
+  _curve_run(tmp_path, 'teacher', {0: 6.9, 100: 3.0, 200: 2.2, 300: 2.02, 400: 2.0})
+  (tmp_path / 'study.json').write_text(json.dumps(
+      {'config': 'x.py', 'sweep': 'main', 'teacher_dir': str(tmp_path / 'teacher'),
+       'runs': {n: {} for n in runs}}))
+  summary = report.write(tmp_path)
+
+  def interval(values):
+    m = sum(values) / len(values)
+    half = t975 * math.sqrt(sum((v - m) ** 2 for v in values) / (len(values) - 1)) / math.sqrt(
+        len(values))
+    return [m - half, m + half]
+
+  for arm, c in closures.items():
+    entry = summary['arms'][arm]
+    assert entry['gap_closure_ci95'] == pytest.approx(interval(c), abs=1e-9)
+    curve = {p['tokens']: p for p in entry['gap_closure_curve']}
+    assert sorted(curve) == [0, 100, 200, 300, 400]
+    assert curve[0]['mean'] == pytest.approx(sum(c) / 6, abs=1e-9)  # the head start
+    assert curve[400]['ci95'] == pytest.approx(interval(c), abs=1e-9)
+    at_100 = [(4.2 + 0.01 * k - 4.1) / (4.2 + 0.01 * k - teacher) for k in range(3)]
+    assert curve[300]['mean'] == pytest.approx(sum(at_100) / 3, abs=1e-9)
+  assert report.at_fraction(summary['arms']['guide']['gap_closure_curve'], 0.25)['tokens'] == 100
+  assert summary['teacher_last_quarter_improvement'] == pytest.approx(0.02 / 2.02, abs=1e-12)
+  base_300 = sum(4.2 + 0.01 * k for k in range(3)) / 3
+  assert summary['baseline_last_quarter_improvement'] == pytest.approx(
+      (base_300 - 4.1) / base_300, abs=1e-12)
+  assert summary['student_tokens_per_param'] == pytest.approx(0.4, abs=1e-12)
+  verdicts = {v['claim'].split(' (')[0]: v['verdict'] for v in summary['verdicts']}
+  assert verdicts == {
+      'GUIDE alone closes >= 25% of the gap': 'not met',            # [0.085, 0.135]
+      'GUIDE alone beats KD alone': 'not resolvable at this precision',
+      'GUIDE+KD beats the better of GUIDE and KD': 'met',
+      'GUIDE+KD is near-additive: >= 80% of GUIDE + KD': 'met'}
+  text = (tmp_path / 'report.md').read_text()
+  assert '| guide | 5.5% [' in text and '**not resolvable at this precision**' in text
+  assert 'held-out loss fell over the last quarter of its training by 0.99%' in text
+
+
 def test_report_without_runs_is_an_error(tmp_path):
   with pytest.raises(report.ReportError, match='study.json'):
     report.write(tmp_path)
