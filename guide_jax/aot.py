@@ -26,7 +26,9 @@ import os
 import sys
 import time
 
-from absl import app, flags, logging
+from absl import app, flags
+
+from guide_jax import cli
 
 # libtpu probes the host for TPU metadata at import; these tell it there is nothing to find.
 QUIET_LIBTPU = {'TPU_SKIP_MDS_QUERY': '1', 'TPU_ACCELERATOR_TYPE': 'v5p-8',
@@ -241,31 +243,33 @@ def define_flags() -> None:
 
 def main(argv):
   del argv
-  f = flags.FLAGS
-  if not f['verbosity'].present:
-    logging.set_verbosity(logging.WARNING)
+  cli.run(_main)
+
+
+def _main() -> int:
   from ml_collections import config_flags
   from guide_jax import config as config_lib
   from guide_jax import sweep
-  cfg = f.config
+  f = flags.FLAGS
+  cfg = cli.config_value(f['config'])
   topology = f.topology or cfg.get('topology', '')
   if not topology:
-    print('error: no --topology and the config has no `topology` field; pass '
-          '--topology=v5p:4x4x4 (or similar)', file=sys.stderr)
-    sys.exit(2)
+    raise config_lib.ConfigError('no --topology and the config has no `topology` field; '
+                                 'pass --topology=v5p:4x4x4 (or similar)')
   module = sweep.load_module(config_flags.get_config_filename(f['config']).split(':')[0])
   import jax
   try:
     r = report(cfg, module, topology, f.whole_step)
-  except (ValueError, config_lib.ConfigError) as e:
-    print(f'error: {e}', file=sys.stderr)
-    sys.exit(2)
+  except ValueError as e:
+    if isinstance(e, config_lib.ConfigError):
+      raise
+    raise config_lib.ConfigError(str(e)) from None
   except jax.errors.JaxRuntimeError as e:  # the TPU compiler refuses what cannot fit
     if 'RESOURCE_EXHAUSTED' not in str(e):
       raise
     reason = str(e).split('RESOURCE_EXHAUSTED: ')[-1].splitlines()[0]
     print(f'error: does not fit {topology}: {reason} {advice(cfg)}', file=sys.stderr)
-    sys.exit(1)
+    return 1
   d, gib = r['per_device'], 2**30
   print(f'{topology}: {r["devices"]} x {r["device_kind"]}; compiled in {r["compile_s"]:.1f}s')
   print(f'per chip: arguments {d["argument_bytes"] / gib:.2f} GiB, temporaries '
@@ -286,9 +290,10 @@ def main(argv):
   if not r['fits']:
     print(f'error: does not fit {topology}: {d["total_bytes"] / gib:.2f} GiB > '
           f'{d["hbm_bytes"] / gib:.1f} GiB per chip; {advice(cfg)}', file=sys.stderr)
-    sys.exit(1)
+    return 1
+  return 0
 
 
 if __name__ == '__main__':
   define_flags()
-  app.run(main)
+  app.run(main, flags_parser=cli.parse_flags)

@@ -26,10 +26,11 @@ from __future__ import annotations
 import json
 import pathlib
 import statistics
-import sys
 import time
 
-from absl import app, flags, logging
+from absl import app, flags
+
+from guide_jax import cli
 
 ARMS = {  # arm: (GUIDE init, KD weight, MATCH weight)
     'baseline': (False, 0.0, 0.0),
@@ -244,9 +245,12 @@ def define_flags() -> None:
 
 def main(argv):
   del argv
+  cli.run(_main)
+
+
+def _main():
+  from guide_jax import config as config_lib
   f = flags.FLAGS
-  if not f['verbosity'].present:
-    logging.set_verbosity(logging.WARNING)
   if f.project:
     vocab, d_t, d_s = (int(x) for x in f.project)
     result = {'project': project_benchmark(vocab, d_t, d_s)}
@@ -257,27 +261,24 @@ def main(argv):
     print(json.dumps(result))
     return
   if f.config is None:
-    print('error: pass --config=experiments/FILE.py (or --project=V,D_T,D_S)', file=sys.stderr)
-    sys.exit(2)
+    raise config_lib.ConfigError('pass --config=experiments/FILE.py (or --project=V,D_T,D_S)')
   unknown = set(f.arms) - set(ARMS)
   if unknown:
-    print(f'error: --arms has unknown {sorted(unknown)}; choose from {list(ARMS)}',
-          file=sys.stderr)
-    sys.exit(2)
-  from guide_jax import config as config_lib
+    raise config_lib.ConfigError(f'--arms has unknown {sorted(unknown)}; choose from '
+                                 f'{list(ARMS)}')
   from guide_jax import guide
-  from guide_jax.train import checkpointing
   try:
-    result = run_arms(f.config, f.steps, list(f.arms))
-  except (config_lib.ConfigError, guide.GuideError, checkpointing.CheckpointError,
-          ValueError) as e:
-    print(f'error: {e}', file=sys.stderr)
-    sys.exit(2)
+    result = run_arms(cli.config_value(f['config']), f.steps, list(f.arms))
+  except (guide.GuideError, ValueError) as e:
+    if isinstance(e, config_lib.ConfigError):
+      raise
+    raise config_lib.ConfigError(str(e)) from None
   base = result['arms'].get('baseline')
   result['ratios'] = ({arm: r['step_time_s'] / base['step_time_s']
                        for arm, r in result['arms'].items()} if base else {})
   if f.compile_depths:
-    result['compile_s_by_depth'] = compile_times(f.config, [int(d) for d in f.compile_depths])
+    result['compile_s_by_depth'] = compile_times(cli.config_value(f['config']),
+                                                 [int(d) for d in f.compile_depths])
   print(f'{"arm":<16}{"step s":>9}{"tokens/s":>11}{"MFU":>8}{"compile s":>11}'
         f'{"peak MiB":>10}{"ratio":>8}')
   for arm, r in result['arms'].items():
@@ -293,4 +294,4 @@ def main(argv):
 
 if __name__ == '__main__':
   define_flags()
-  app.run(main)
+  app.run(main, flags_parser=cli.parse_flags)

@@ -12,10 +12,11 @@ from __future__ import annotations
 
 import json
 import pathlib
-import sys
 
-from absl import app, flags, logging
+from absl import app, flags
 from ml_collections import config_flags
+
+from guide_jax import cli
 
 _CONFIG = config_flags.DEFINE_config_file('config', None, 'Demo config (a distill config).')
 _WORKDIR = flags.DEFINE_string('workdir', None, 'Demo directory.')
@@ -61,17 +62,12 @@ def table(summary: dict) -> str:
 
 def main(argv):
   del argv
-  if not flags.FLAGS['verbosity'].present:
-    logging.set_verbosity(logging.WARNING)
-  from guide_jax import config as config_lib
-  from guide_jax.train import checkpointing
-  try:
-    summary = run(_CONFIG.value, pathlib.Path(_WORKDIR.value))
-  except (config_lib.ConfigError, checkpointing.CheckpointError) as e:
-    print(f'error: {e}', file=sys.stderr)
-    sys.exit(2)
-  print(table(summary))
+
+  def body():
+    print(table(run(cli.config_value(_CONFIG), pathlib.Path(_WORKDIR.value))))
+
+  cli.run(body)
 
 
 if __name__ == '__main__':
-  app.run(main)
+  app.run(main, flags_parser=cli.parse_flags)

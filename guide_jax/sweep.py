@@ -111,12 +111,14 @@ def main(argv) -> None:
   del argv
   FLAGS = flags.FLAGS
 
+  from guide_jax import sweep as lib  # not __main__'s copy: cli.run catches lib.SweepError
+
   def body():
-    module = load_module(FLAGS.config)
+    module = lib.load_module(FLAGS.config)
     if FLAGS.sweep:
-      out = runs(module.get_config(), entries(module, FLAGS.sweep), FLAGS.root)
+      out = lib.runs(module.get_config(), lib.entries(module, FLAGS.sweep), FLAGS.root)
     else:
-      out = [Run(pathlib.Path(FLAGS.config).stem, {}, FLAGS.root, module.get_config())]
+      out = [lib.Run(pathlib.Path(FLAGS.config).stem, {}, FLAGS.root, module.get_config())]
     for run in out:
       print(json.dumps({'name': run.name, 'workdir': run.workdir, 'flags': run.flags()}))
 

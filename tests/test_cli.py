@@ -49,3 +49,28 @@ def test_guide_settings_that_would_be_ignored_are_refused(override, expected, tm
   assert r.returncode == 2 and len(lines) == 1, r.stderr[-2000:]
   assert expected in lines[0], lines[0]
   assert not work.exists()
+
+
+@pytest.mark.parametrize('module,args,expected', [
+    ('main', ['--config=experiments/lm_tiny.py', '--workdir=FILE'], 'is a file, not a directory'),
+    ('demo', ['--config=experiments/no_such.py', '--workdir=NEW'], '--config: [Errno 2]'),
+    ('study', ['--config=experiments/study_cpu.py', '--sweep=nope', '--study_dir=NEW'],
+     "--sweep=nope: unknown sweep 'nope'"),
+    ('report', ['--study_dir=EMPTY'], 'has no study.json'),
+    ('bench', ['--config=experiments/bench_cpu.py', '--arms=bogus'], "--arms has unknown"),
+    ('aot', ['--config=experiments/lm_tiny.py'], 'no --topology'),
+    ('sweep', ['--config=experiments/no_such.py', '--root=NEW'], 'is not a file'),
+])
+def test_every_command_reports_bad_input_in_one_line(module, args, expected, tmp_path):
+  (tmp_path / 'file').write_text('keep me')
+  (tmp_path / 'empty').mkdir()
+  args = [a.replace('FILE', str(tmp_path / 'file')).replace('NEW', str(tmp_path / 'new'))
+          .replace('EMPTY', str(tmp_path / 'empty')) for a in args]
+  env = {k: v for k, v in os.environ.items() if k != 'XLA_FLAGS'}
+  r = subprocess.run([sys.executable, '-m', f'guide_jax.{module}', *args], cwd=REPO, env=env,
+                     capture_output=True, text=True, timeout=300)
+  lines = [line for line in r.stderr.splitlines() if line.strip()]
+  assert r.returncode == 2 and len(lines) == 1, r.stderr[-2000:]
+  assert lines[0].startswith('error: ') and expected in lines[0], lines[0]
+  assert (tmp_path / 'file').read_text() == 'keep me' and not (tmp_path / 'new').exists()
+  assert not any((tmp_path / 'empty').iterdir())

@@ -205,6 +205,30 @@ def test_centered_and_embed_pos_rows():
   np.testing.assert_allclose(eig_p, np.linalg.eigvalsh(a.T @ a)[::-1], rtol=1e-4, atol=1e-4)
 
 
+def test_centered_pca_keeps_the_subspace_when_the_mean_is_large():
+  # Rows whose mean is 100x their spread: C - n mu mu^T in float32 lost the subspace to
+  # ~1e-2; centring the rows first keeps it to float32 precision against float64.
+  rng = np.random.default_rng(0)
+  e = rng.normal(size=(512, 32)) * np.linspace(2.0, 0.2, 32) + 100.0 * rng.normal(size=32)
+  m, _, _ = guide.pca_basis({'embedding': jnp.asarray(e, jnp.float32)}, 8, True, 'embed')
+  ec = e - e.mean(0)
+  _, vecs = np.linalg.eigh(ec.T @ ec)
+  ref = vecs[:, ::-1][:, :8]
+  # The projector onto the subspace, so signs and rotations within it do not matter.
+  np.testing.assert_allclose(np.asarray(m, np.float64) @ np.asarray(m, np.float64).T,
+                             ref @ ref.T, atol=1e-5)
+
+
+def test_padded_rows_stay_out_of_the_centred_pca():
+  rng = np.random.default_rng(1)
+  e = rng.normal(size=(40, 16)) + 3.0
+  padded = np.concatenate([e, 50.0 + rng.normal(size=(8, 16))])  # rows no token produces
+  m, eig, _ = guide.pca_basis({'embedding': jnp.asarray(padded, jnp.float32)}, 4, True,
+                              'embed', vocab_rows=40)
+  ec = e - e.mean(0)
+  np.testing.assert_allclose(eig, np.linalg.eigvalsh(ec.T @ ec)[::-1], rtol=1e-4, atol=1e-4)
+
+
 def _sharded_project(shape, t, s, g, tp):
   mesh = sharding.make_mesh(ml_collections.ConfigDict(dict(zip(sharding.MESH_AXES, shape))),
                             jax.devices()[:int(np.prod(shape))])

@@ -125,18 +125,24 @@ def pca_basis(teacher_params: dict, d_student: int, center: bool, pca_rows: str,
   masked, not sliced, so a vocabulary-sharded table stays sharded.
   """
   embedding = teacher_params['embedding'].astype(F32)
+  used = None  # rows of E_T a token can produce (all, unless the table is padded)
   if vocab_rows and vocab_rows < embedding.shape[0]:
-    embedding = jnp.where(jnp.arange(embedding.shape[0])[:, None] < vocab_rows, embedding, 0.0)
+    used = jnp.arange(embedding.shape[0])[:, None] < vocab_rows
+    embedding = jnp.where(used, embedding, 0.0)
   rows = [embedding]
   if pca_rows == 'embed+pos':
     rows.append(teacher_params['pos_embedding'].astype(F32))
+  if center:
+    # Centre the rows themselves: C - n mu mu^T would cancel two large numbers when the
+    # rows' mean is large against their spread, losing the subspace in float32.
+    n = (vocab_rows or rows[0].shape[0]) + sum(a.shape[0] for a in rows[1:])
+    mean = sum(jnp.sum(a, axis=0) for a in rows) / n
+    rows = [a - mean for a in rows]
+    if used is not None:
+      rows[0] = jnp.where(used, rows[0], 0.0)
   # C = A^T A: each row block contributes a matmul reduced over its (possibly sharded)
   # row axis; XLA reduces partial sums across shards instead of gathering the table.
   cov = sum(jnp.einsum('vd,ve->de', a, a, preferred_element_type=F32) for a in rows)
-  if center:
-    n = (vocab_rows or rows[0].shape[0]) + sum(a.shape[0] for a in rows[1:])
-    mean = sum(jnp.sum(a, axis=0) for a in rows) / n
-    cov = cov - n * jnp.outer(mean, mean)
   eigvals, eigvecs = jnp.linalg.eigh(cov)                 # ascending
   eigvals, eigvecs = eigvals[::-1], eigvecs[:, ::-1]      # descending
   m = eigvecs[:, :d_student]

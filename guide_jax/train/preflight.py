@@ -13,6 +13,7 @@ from __future__ import annotations
 import functools
 import math
 import os
+import pathlib
 import socket
 import threading
 
@@ -67,6 +68,20 @@ def check_remote_paths(cfg: ml_collections.ConfigDict, workdir) -> None:
           raise config_lib.ConfigError(
               f'{field}={value!r} does not exist or cannot be read from here (checked for '
               f'{EXISTS_TIMEOUT_S:.0f} s); check the path and this machine\'s credentials')
+
+
+def check_workdir(workdir) -> None:
+  """A local workdir (or a folder above it) that exists as a file cannot hold a run."""
+  path = str(workdir)
+  if '://' in path:
+    return
+  for parent in [path, *map(str, pathlib.Path(path).parents)]:
+    if os.path.exists(parent):
+      if not os.path.isdir(parent):
+        raise config_lib.ConfigError(
+            f'--workdir={path!r}: {parent!r} is a file, not a directory; pass a new or '
+            f'existing directory')
+      return
 
 
 def _param_count(model: ml_collections.ConfigDict) -> int:

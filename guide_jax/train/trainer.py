@@ -188,6 +188,7 @@ def train(config: ml_collections.ConfigDict, workdir: str | os.PathLike, *,
   sharding.maybe_initialize_distributed(cfg.distributed)
   config_lib.validate(cfg, jax.device_count(), jax.process_count())
   preflight.check_remote_paths(cfg, workdir)
+  preflight.check_workdir(workdir)
   if distill:
     if cfg.teacher.pretrain:
       config_lib.validate(cfg.teacher.pretrain, jax.device_count(), jax.process_count())
