@@ -71,15 +71,19 @@ def config_value(holder):
 
 
 def run(body: Callable[[], int | None]) -> None:
-  """Call `body()`; its int result is the exit status. Bad input: `error: ...`, exit 2."""
+  """Call `body()`; its int result is the exit status. Bad input: `error: ...`, exit 2; a
+  run that diverged: `error: ...`, exit 1."""
   if not flags.FLAGS['verbosity'].present:
     logging.set_verbosity(logging.WARNING)  # orbax logs every file it touches at INFO
   from guide_jax import config as config_lib
   from guide_jax import sweep
-  from guide_jax.train import checkpointing
+  from guide_jax.train import checkpointing, nonfinite
   try:
     status = body()
   except (config_lib.ConfigError, checkpointing.CheckpointError, sweep.SweepError) as e:
     print(f'error: {e}', file=sys.stderr)
     sys.exit(2)
+  except nonfinite.NonFiniteError as e:  # not bad input: the run failed
+    print(f'error: {e}', file=sys.stderr)
+    sys.exit(1)
   sys.exit(status or 0)

@@ -121,6 +121,10 @@ def base_config() -> ml_collections.ConfigDict:
   c.train.b1 = 0.9
   c.train.b2 = 0.95
   c.train.grad_clip = 1.0          # global-norm clipping (0 = off)
+  c.train.on_nonfinite = 'stop'    # a NaN/Inf loss or gradient norm: 'stop' (one error line
+                                   # naming the step; the last good checkpoint stays) or
+                                   # 'skip' (that update is not applied, and counted)
+  c.train.max_skips_in_a_row = 10  # 'skip': stop after this many non-finite steps in a row
   c.train.grad_accum = 1           # micro-batches per step (global_batch_size must divide)
   c.train.z_loss = 0.0             # weight of log(Z)^2 (PaLM z-loss)
   c.train.seed = 0                 # parameter init
@@ -256,6 +260,10 @@ def validate(c: ml_collections.ConfigDict, num_devices: int, num_processes: int 
   for name in ('log_every', 'eval_every', 'checkpoint_every', 'keep_checkpoints'):
     _require(t[name] > 0, f'train.{name}={t[name]} must be positive')
   _require(t.grad_clip >= 0, f'train.grad_clip={t.grad_clip} must be >= 0')
+  _require(t.on_nonfinite in ('stop', 'skip'),
+           f"train.on_nonfinite={t.on_nonfinite!r} must be 'stop' or 'skip'")
+  _require(t.max_skips_in_a_row >= 1,
+           f'train.max_skips_in_a_row={t.max_skips_in_a_row} must be >= 1')
   _require(t.z_loss >= 0, f'train.z_loss={t.z_loss} must be >= 0')
   rule_names = {name for name, _ in c.logical_rules}
   for name, target in c.logical_rules:

@@ -3,7 +3,10 @@
 An objective maps (params, micro_batch, step) to weighted *sums* of loss terms (see
 guide_jax.losses). The train step splits the global batch into `grad_accum` micro-batches,
 accumulates gradients of sum / total_weight (so accumulation changes nothing but memory),
-and applies one optimizer update.
+and applies one optimizer update, unless the loss or the gradient norm is not finite: then
+the state keeps its parameters and optimizer moments (only the step advances) and the
+step's `nonfinite` metric says so, for the host's policy (train/nonfinite.py). A diverged
+update therefore never reaches the state, so no checkpoint can hold one.
 """
 
 from __future__ import annotations
@@ -55,10 +58,15 @@ def make_train_step(objective: Objective, tx: optax.GradientTransformation, grad
       rest = jax.tree.map(lambda x: x[1:], micro)
       (grads, loss, sums), _ = jax.lax.scan(accumulate, (grads, loss, sums), rest)
     updates, opt_state = tx.update(grads, state['opt_state'], params)
-    new_state = {'params': optax.apply_updates(params, updates), 'opt_state': opt_state,
+    grad_norm = optax.global_norm(grads)
+    finite = jnp.isfinite(loss) & jnp.isfinite(grad_norm)
+    keep_if_not = lambda new, old: jnp.where(finite, new, old)
+    new_state = {'params': jax.tree.map(keep_if_not, optax.apply_updates(params, updates),
+                                        params),
+                 'opt_state': jax.tree.map(keep_if_not, opt_state, state['opt_state']),
                  'step': step + 1}
-    metrics = {'loss': loss, 'grad_norm': optax.global_norm(grads),
-               'learning_rate': schedule(step), **sums}
+    metrics = {'loss': loss, 'grad_norm': grad_norm, 'learning_rate': schedule(step),
+               'nonfinite': ~finite, **sums}
     return new_state, metrics
 
   return train_step

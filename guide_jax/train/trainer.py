@@ -30,7 +30,7 @@ from guide_jax import config as config_lib
 from guide_jax import guide, losses, paths, sharding
 from guide_jax.data import pipeline
 from guide_jax.models import transformer
-from guide_jax.train import checkpointing, flops, optimizer, preflight, steps
+from guide_jax.train import checkpointing, flops, nonfinite, optimizer, preflight, steps
 from guide_jax.train import teacher as teacher_lib
 from guide_jax.train import metrics as metrics_lib
 
@@ -99,6 +99,23 @@ class _StopSignal:
   def __exit__(self, *exc):
     if self._previous is not None:
       signal.signal(signal.SIGTERM, self._previous)
+
+
+class _closing_on_divergence:
+  """On NonFiniteError: wait for the checkpoints already being written (all from before
+  the divergence), close the metrics, and let the error through. Nothing more is saved."""
+
+  def __init__(self, ckpt, writer):
+    self.ckpt, self.writer = ckpt, writer
+
+  def __enter__(self):
+    return self
+
+  def __exit__(self, exc_type, exc, tb):
+    if exc_type is nonfinite.NonFiniteError:
+      self.ckpt.close()
+      self.writer.close()
+    return False
 
 
 def _reduce(sums: dict[str, float], prefix: str) -> dict[str, float]:
@@ -311,18 +328,28 @@ def train(config: ml_collections.ConfigDict, workdir: str | os.PathLike, *,
 
     last_eval: dict[str, float] = {}
     pending: list[dict] = []
+    guard = nonfinite.Guard(cfg.train.on_nonfinite, cfg.train.max_skips_in_a_row)
+    unchecked: list[tuple[int, jax.Array]] = []  # (step, its non-finite flag) not yet read
+
+    def diverged() -> str | None:  # reads the flags: a small device->host sync
+      flags = jax.device_get([flag for _, flag in unchecked])
+      message = guard.check([(s, bool(f)) for (s, _), f in zip(unchecked, flags)])
+      unchecked.clear()
+      return message
+
     step = start_step
     interrupted = False
-    window_start, window_steps = time.perf_counter(), 0
     if start_step == 0 and cfg.train.eval_at_start:
       last_eval = evaluate(eval_step, state['params'], data.eval_batches, mesh, rules, extra)
       writer.write(0, {metrics_lib.TOKENS: 0, **last_eval})
-    with _StopSignal() as stop:
+    window_start, window_steps = time.perf_counter(), 0
+    with _StopSignal() as stop, _closing_on_divergence(ckpt, writer):
       while step < cfg.train.steps:
         batch = sharding.global_batch_from_local(next(data.train), mesh, rules)
         state, step_metrics = train_step(state, batch, *extra)
         pending.append(step_metrics)
         step += 1
+        unchecked.append((step, step_metrics['nonfinite']))
         window_steps += 1
         writer.advance()
         if step == start_step + 1:  # the first step compiles: keep it out of step times
@@ -331,14 +358,18 @@ def train(config: ml_collections.ConfigDict, workdir: str | os.PathLike, *,
                        f'{time.perf_counter() - window_start:.1f}s')
           window_start, window_steps = time.perf_counter(), 0
 
-        if step % cfg.train.log_every == 0 or step == cfg.train.steps:
+        logs = step % cfg.train.log_every == 0 or step == cfg.train.steps
+        # Before a log and before a checkpoint: has any step since the last look diverged?
+        why = diverged() if logs or step % cfg.train.checkpoint_every == 0 else None
+        if logs or why:  # a run that ends here logs its last step, for the record
           host = jax.device_get(pending)  # one device->host sync per log interval
           last = host[-1]
           record = {metrics_lib.TOKENS: step * tokens_per_step,
                     metrics_lib.TRAIN_LOSS: float(last['loss']),
                     **_reduce({k: float(v) for k, v in last.items()}, 'train'),
                     'train/grad_norm': float(last['grad_norm']),
-                    'train/learning_rate': float(last['learning_rate'])}
+                    'train/learning_rate': float(last['learning_rate']),
+                    'train/skipped_steps': guard.skipped}
           if window_steps:  # none when the only step since the last log was the compile
             step_time = (time.perf_counter() - window_start) / window_steps
             per_device = peak * jax.device_count() * step_time
@@ -350,6 +381,8 @@ def train(config: ml_collections.ConfigDict, workdir: str | os.PathLike, *,
                 'perf/mfu_teacher': teacher_flops / per_device})
           writer.write(step, record)
           pending, window_start, window_steps = [], time.perf_counter(), 0
+        if why:
+          raise nonfinite.NonFiniteError(why)
 
         if step % cfg.train.eval_every == 0 or step == cfg.train.steps:
           last_eval = evaluate(eval_step, state['params'], data.eval_batches, mesh, rules,
@@ -362,6 +395,10 @@ def train(config: ml_collections.ConfigDict, workdir: str | os.PathLike, *,
         if stop.event.is_set() or step == interrupt_at_step:
           interrupted = True
           break
+
+      why = diverged()  # preempted between checks: look before the final checkpoint
+      if why:
+        raise nonfinite.NonFiniteError(why)
 
     if not last_eval and not interrupted:  # resumed a finished run: still report its eval
       last_eval = evaluate(eval_step, state['params'], data.eval_batches, mesh, rules, extra)
