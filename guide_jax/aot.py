@@ -65,12 +65,12 @@ def compile_step(cfg, t_model, devices):
   import jax
   import jax.numpy as jnp
   from guide_jax import guide, losses, sharding
+  from guide_jax.data import packing
   from guide_jax.models import transformer
-  from guide_jax.train import optimizer, trainer
+  from guide_jax.train import optimizer, steps
+  from guide_jax.train import teacher as teacher_lib
 
-  t_model = t_model.copy_and_resolve_references()
-  if cfg.teacher.dtype == 'bfloat16':  # as teacher.load stores and runs it
-    t_model.param_dtype = t_model.dtype = 'bfloat16'
+  t_model = teacher_lib.runtime_model(t_model, cfg.teacher.dtype)  # as the trainer runs it
   s_model = cfg.model
   mesh = sharding.make_mesh(cfg.mesh, devices)
   rules = tuple(cfg.logical_rules)
@@ -83,25 +83,22 @@ def compile_step(cfg, t_model, devices):
   tx = optimizer.make(cfg.train)
   # Outside set_mesh: optax builds a placeholder state eagerly, which cannot be placed on
   # the abstract devices of a topology.
-  shardings = trainer.state_shardings(param_shardings, tx, student_shapes, mesh)
-  state = sharding.abstract(jax.eval_shape(lambda p: trainer.new_state(p, tx), student_shapes),
+  shardings = steps.state_shardings(param_shardings, tx, student_shapes, mesh)
+  state = sharding.abstract(jax.eval_shape(lambda p: steps.new_state(p, tx), student_shapes),
                             shardings)
   with jax.set_mesh(mesh), sharding.use_rules(rules):
-    layers, _ = guide.guided_layers(t_model, s_model, cfg.guide)
-    guided = jax.eval_shape(lambda p: guide.project(p, t_model, s_model, cfg.guide)[0],
-                            teacher_shapes)
-    theta_hat = guide.selected(guided, cfg.guide.init)
-    theta_hat = sharding.abstract(theta_hat, trainer._like(theta_hat, param_shardings))
+    theta_hat, layers, _ = guide.projected_teacher(teacher_params, t_model, s_model,
+                                                   cfg.guide, param_shardings)
     b, s = cfg.data.global_batch_size, cfg.data.seq_len
     batch_sharding = sharding.batch_sharding(mesh, rules)
     batch = {k: jax.ShapeDtypeStruct((b, s), jnp.float32 if k == 'loss_weights' else jnp.int32,
                                      sharding=batch_sharding)
-             for k in ('inputs', 'targets', 'segment_ids', 'positions', 'loss_weights')}
+             for k in packing.FIELDS}
     loss = losses.DistillLoss(cfg.loss, cfg.train.steps, cfg.train.z_loss)
-    objective = trainer.distill_objective(
+    objective = steps.distill_objective(
         s_model, t_model, loss, layers,
         losses.resolve_chunk_len(cfg.loss.chunk_len, cfg.data.seq_len))
-    step = trainer.jit_train_step(objective, tx, cfg.train, shardings)
+    step = steps.jit_train_step(objective, tx, cfg.train, shardings)
     start = time.perf_counter()
     compiled = step.lower(state, batch, teacher_params, theta_hat).compile()
     return compiled, time.perf_counter() - start

@@ -42,14 +42,9 @@ ARMS = {  # arm: (GUIDE init, KD weight, MATCH weight)
 
 
 def synthetic_batch(cfg) -> dict:
-  import numpy as np
-  b, s, v = cfg.data.global_batch_size, cfg.data.seq_len, cfg.model.vocab_size
-  rng = np.random.default_rng(0)
-  return {'inputs': rng.integers(0, v, (b, s), dtype=np.int32),
-          'targets': rng.integers(0, v, (b, s), dtype=np.int32),
-          'segment_ids': np.ones((b, s), np.int32),
-          'positions': np.broadcast_to(np.arange(s, dtype=np.int32), (b, s)).copy(),
-          'loss_weights': np.ones((b, s), np.float32)}
+  from guide_jax.data import pipeline
+  return pipeline.synthetic_batch(cfg.model.vocab_size, cfg.data.global_batch_size,
+                                  cfg.data.seq_len)
 
 
 def _memory(compiled) -> dict:
@@ -69,16 +64,14 @@ def _memory(compiled) -> dict:
 def run_arms(cfg, steps: int, arms: list[str], log=print) -> dict:
   """Compile every arm, warm it up, then time `steps` interleaved rounds."""
   import jax
-  import jax.numpy as jnp
   from guide_jax import config as config_lib
   from guide_jax import guide, losses, sharding
   from guide_jax.models import transformer
-  from guide_jax.train import flops, optimizer
+  from guide_jax.train import flops, optimizer, steps
   from guide_jax.train import teacher as teacher_lib
-  from guide_jax.train import trainer
 
   config_lib.validate(cfg, jax.device_count(), jax.process_count())
-  t_model = teacher_lib.model_config(cfg)
+  t_model = teacher_lib.runtime_model(teacher_lib.model_config(cfg), cfg.teacher.dtype)
   s_model = cfg.model
   guide.check_compatible(t_model, s_model, cfg.guide)
   mesh = sharding.make_mesh(cfg.mesh)
@@ -102,14 +95,14 @@ def run_arms(cfg, steps: int, arms: list[str], log=print) -> dict:
     s_shapes, p_shardings = transformer.abstract_params_and_shardings(s_model, mesh, rules)
     teacher_params = jax.jit(lambda k: transformer.init_params(t_model, k),
                              out_shardings=t_shardings)(jax.random.key(1))
-    if t_model.dtype == 'bfloat16' or cfg.teacher.dtype == 'bfloat16':
-      teacher_params = jax.tree.map(lambda x: x.astype(jnp.bfloat16), teacher_params)
-    layers, _ = guide.guided_layers(t_model, s_model, cfg.guide)
-    guided = jax.jit(lambda p: guide.project(p, t_model, s_model, cfg.guide)[0])(teacher_params)
-    theta_hat = guide.selected(guided, cfg.guide.init if cfg.guide.init != 'none' else 'blocks')
+    guide_cfg = cfg.guide.copy_and_resolve_references()
+    if guide_cfg.init == 'none':  # the guide arms still need theta_hat
+      guide_cfg.init = 'blocks'
+    theta_hat, layers, _ = guide.projected_teacher(teacher_params, t_model, s_model,
+                                                   guide_cfg, p_shardings)
     batch = sharding.global_batch_from_local(synthetic_batch(cfg), mesh, rules)
     tx = optimizer.make(cfg.train)
-    state_shardings = trainer.state_shardings(p_shardings, tx, s_shapes, mesh)
+    state_shardings = steps.state_shardings(p_shardings, tx, s_shapes, mesh)
 
     compiled, states, results = {}, {}, {}
     for arm in arms:
@@ -118,16 +111,16 @@ def run_arms(cfg, steps: int, arms: list[str], log=print) -> dict:
       loss_cfg.kd = losses.weight_config(w_kd)
       loss_cfg.match = losses.weight_config(w_match)
       loss = losses.DistillLoss(loss_cfg, cfg.train.steps)
-      objective = trainer.distill_objective(
+      objective = steps.distill_objective(
           s_model, t_model, loss, layers,
           losses.resolve_chunk_len(cfg.loss.chunk_len, cfg.data.seq_len))
-      step_fn = trainer.jit_train_step(objective, tx, cfg.train, state_shardings)
+      step_fn = steps.jit_train_step(objective, tx, cfg.train, state_shardings)
 
       def init(key, use_guide=use_guide):
         params = transformer.init_params(s_model, key)
         if use_guide:
           params = guide.apply(params, theta_hat, layers)
-        return trainer.new_state(params, tx)
+        return steps.new_state(params, tx)
       states[arm] = jax.jit(init, out_shardings=state_shardings)(jax.random.key(0))
       start = time.perf_counter()
       compiled[arm] = step_fn.lower(states[arm], batch, teacher_params, theta_hat).compile()
@@ -170,8 +163,7 @@ def compile_times(cfg, depths: list[int]) -> dict[int, float]:
   import jax
   from guide_jax import sharding
   from guide_jax.models import transformer
-  from guide_jax.train import optimizer
-  from guide_jax.train import trainer
+  from guide_jax.train import optimizer, steps
   mesh = sharding.make_mesh(cfg.mesh)
   rules = tuple(cfg.logical_rules)
   out = {}
@@ -181,12 +173,12 @@ def compile_times(cfg, depths: list[int]) -> dict[int, float]:
       m.n_layers = depth
       tx = optimizer.make(cfg.train)
       abstract, param_shardings = transformer.abstract_params_and_shardings(m, mesh, rules)
-      shardings = trainer.state_shardings(param_shardings, tx, abstract, mesh)
-      state = sharding.abstract(jax.eval_shape(lambda p: trainer.new_state(p, tx), abstract),
+      shardings = steps.state_shardings(param_shardings, tx, abstract, mesh)
+      state = sharding.abstract(jax.eval_shape(lambda p: steps.new_state(p, tx), abstract),
                                 shardings)
       batch = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype),
                            synthetic_batch(cfg))
-      step = trainer.jit_train_step(trainer.lm_objective(m, 0.0), tx, cfg.train, shardings)
+      step = steps.jit_train_step(steps.lm_objective(m, 0.0), tx, cfg.train, shardings)
       start = time.perf_counter()
       step.lower(state, batch).compile()
       out[depth] = time.perf_counter() - start

@@ -174,3 +174,8 @@ def global_batch_from_local(local: dict[str, np.ndarray], mesh, rules) -> dict[s
   """Assemble each process's rows of the global batch into global sharded arrays."""
   sharding = batch_sharding(mesh, rules)
   return {k: jax.make_array_from_process_local_data(sharding, v) for k, v in local.items()}
+
+
+def like(subset: dict, full: dict) -> dict:
+  """The leaves of `full` at the keys of `subset` (e.g. shardings of the guided leaves)."""
+  return {k: like(v, full[k]) if isinstance(v, dict) else full[k] for k, v in subset.items()}

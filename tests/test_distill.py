@@ -143,10 +143,10 @@ def test_guide_init_starts_better_than_random(distill_config, tmp_path):
   distill_config.train.steps = 2
   distill_config.loss.kd.value = 0.0
   distill_config.loss.match.value = 0.0
-  guided = trainer.train(distill_config, tmp_path / 'g')
+  trainer.train(distill_config, tmp_path / 'g')
   distill_config.guide.init = 'none'
   distill_config.teacher.checkpoint = str(tmp_path / 'g' / 'teacher')
-  baseline = trainer.train(distill_config, tmp_path / 'b')
+  trainer.train(distill_config, tmp_path / 'b')
   first = lambda d: [r for r in read_metrics(d) if 'train/ce' in r][0]['train/ce']
   assert first(tmp_path / 'g') < first(tmp_path / 'b') - 0.3
 

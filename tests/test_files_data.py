@@ -378,7 +378,7 @@ def test_bits_per_byte_is_nats_over_the_texts_bytes(tmp_path):
   assert batch['target_bytes'].sum() > text_bytes  # unweighted: also the boundary targets
   mesh = sharding.make_mesh(c.mesh)
   params = transformer.init_params(c.model, jax.random.key(0))
-  step = jax.jit(steps.make_eval_step(trainer.lm_objective(c.model, 0.0, 0)))
+  step = jax.jit(steps.make_eval_step(steps.lm_objective(c.model, 0.0, 0)))
   with jax.set_mesh(mesh), sharding.use_rules(c.logical_rules):
     out = trainer.evaluate(step, params, [batch], mesh, c.logical_rules)
   tokens = batch['loss_weights'].sum()

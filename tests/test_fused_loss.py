@@ -8,7 +8,7 @@ import pytest
 from guide_jax import config as config_lib
 from guide_jax import losses, sharding
 from guide_jax.models import transformer
-from guide_jax.train import optimizer, steps, trainer
+from guide_jax.train import optimizer, steps
 
 
 def _model(**kw):
@@ -69,7 +69,7 @@ def test_fused_distill_loss_and_gradients_equal_unfused(setup, kind, temperature
   loss = _loss(kind, temperature)
   out = {}
   for chunk in (0, 8):
-    objective = trainer.distill_objective(student, teacher, loss, np.array([0]), chunk)
+    objective = steps.distill_objective(student, teacher, loss, np.array([0]), chunk)
     out[chunk] = _value_and_grad(objective, sp, batch, tp, {}, mesh=mesh, rules=rules)
   (loss0, sums0), grads0 = out[0]
   (loss8, sums8), grads8 = out[8]
@@ -83,9 +83,9 @@ def test_fused_distill_loss_and_gradients_equal_unfused(setup, kind, temperature
 
 def test_fused_lm_loss_and_gradients_equal_unfused(setup):
   student, _, sp, _, batch, mesh, rules = setup
-  (l0, s0), g0 = _value_and_grad(trainer.lm_objective(student, 1e-3, 0), sp, batch,
+  (l0, s0), g0 = _value_and_grad(steps.lm_objective(student, 1e-3, 0), sp, batch,
                                  mesh=mesh, rules=rules)
-  (l4, s4), g4 = _value_and_grad(trainer.lm_objective(student, 1e-3, 4), sp, batch,
+  (l4, s4), g4 = _value_and_grad(steps.lm_objective(student, 1e-3, 4), sp, batch,
                                  mesh=mesh, rules=rules)
   np.testing.assert_allclose(l4, l0, rtol=1e-5)
   jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-5), s4, s0)
@@ -112,10 +112,10 @@ def test_fused_step_holds_no_full_logits():
   for chunk in (0, 8):
     student, teacher = cfg.model, cfg.teacher.pretrain.model
     loss = _loss('forward_kl', 1.0)
-    objective = trainer.distill_objective(student, teacher, loss, np.array([0]), chunk)
+    objective = steps.distill_objective(student, teacher, loss, np.array([0]), chunk)
     tx = optimizer.make(cfg.train)
     params = transformer.abstract_params(student)
-    state = jax.eval_shape(lambda p: trainer.new_state(p, tx), params)
+    state = jax.eval_shape(lambda p: steps.new_state(p, tx), params)
     batch = jax.eval_shape(lambda: jax.tree.map(jnp.asarray, _batch(8, 64, 8192)))
     step = jax.jit(lambda st, b, t: steps.make_train_step(
         objective, tx, 1, lambda s: 0.1)(st, b, t, {}))

@@ -48,6 +48,9 @@ def test_shapes_follow_guide_notation(overrides):
   assert ('unembed' in params) == (not m.tie_embeddings)
   mlp_names = {'w_gate', 'w_up', 'w_out'} if m.mlp == 'swiglu' else {'w_in', 'w_out'}
   assert mlp_names <= set(params['blocks']['mlp'])
+  mlp = params['blocks']['mlp']
+  assert mlp['w_out'].shape == (n, f, d)
+  assert all(mlp[k].shape == (n, d, f) for k in mlp_names - {'w_out'})
   axes = transformer.logical_axes(m)
   assert jax.tree.structure(axes, is_leaf=lambda x: isinstance(x, tuple)) == \
       jax.tree.structure(params)

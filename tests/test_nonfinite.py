@@ -27,7 +27,7 @@ def test_a_nonfinite_step_leaves_params_and_moments_unchanged():
 
   step_fn = jax.jit(steps.make_train_step(objective, tx, 1, lambda s: 0.1))
   batch = {'x': jnp.ones((2, 3)), 'loss_weights': jnp.ones((2, 1))}
-  state = trainer.new_state(params, tx)
+  state = steps.new_state(params, tx)
   state, m0 = step_fn(state, batch)
   assert not m0['nonfinite']
   before = jax.device_get(state)

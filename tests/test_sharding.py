@@ -8,7 +8,7 @@ from jax.sharding import PartitionSpec as P
 from guide_jax import sharding
 from guide_jax.data import pipeline
 from guide_jax.models import transformer
-from guide_jax.train import optimizer, steps, trainer
+from guide_jax.train import optimizer, steps
 
 MESHES = [(1, 1, 1), (8, 1, 1), (2, 4, 1), (2, 2, 2), (1, 2, 4)]
 
@@ -17,11 +17,6 @@ def mesh_of(shape):
   cfg = ml_collections.ConfigDict(dict(zip(sharding.MESH_AXES, shape)))
   devices = jax.devices()[:int(np.prod(shape))]
   return sharding.make_mesh(cfg, devices)
-
-
-def synthetic_batch(m, batch=8, seq=16):
-  src = pipeline.SyntheticSource(m.vocab_size, seq, seed=0)
-  return pipeline.BatchIterator(src, batch, 0, 1).batch_at(0)
 
 
 def loss_and_grad_norm_on(shape, tiny_config):
@@ -33,15 +28,16 @@ def loss_and_grad_norm_on(shape, tiny_config):
     abstract = transformer.abstract_params(m)
     pshard = sharding.tree_shardings(abstract, transformer.logical_axes(m), mesh, rules)
     tx = optimizer.make(c.train)
-    shard = trainer.state_shardings(pshard, tx, abstract, mesh)
+    shard = steps.state_shardings(pshard, tx, abstract, mesh)
     init = jax.jit(lambda k: {'params': (p := transformer.init_params(m, k)),
                               'opt_state': tx.init(p), 'step': jnp.zeros((), jnp.int32)},
                    out_shardings=shard)
     state = init(jax.random.key(0))
-    step = jax.jit(steps.make_train_step(trainer.lm_objective(m, 1e-4), tx, 2,
+    step = jax.jit(steps.make_train_step(steps.lm_objective(m, 1e-4), tx, 2,
                                          optimizer.learning_rate_schedule(c.train)),
                    out_shardings=(shard, None))
-    batch = sharding.global_batch_from_local(synthetic_batch(m), mesh, rules)
+    batch = sharding.global_batch_from_local(pipeline.synthetic_batch(m.vocab_size, 8, 16), mesh,
+                                             rules)
     state, metrics = step(state, batch)
     return float(metrics['loss']), jax.device_get(state['params']), state
 

@@ -48,6 +48,25 @@ def test_study_cpu_sweeps_are_well_formed():
     module.get_sweep('nope')
 
 
+def test_study_regime_is_sized_as_its_issue_asks():
+  """Converged-teacher regime: 5 arms x 3 seeds, ~3x teacher, >= 20 tokens per student
+  parameter, an eval at step 0, the teacher seeing its corpus at most about twice."""
+  import jax
+  from guide_jax.models import transformer
+  module = sweep.load_module(f'{REPO}/experiments/study_regime.py')
+  config = module.get_config()
+  runs = sweep.runs(config, module.get_sweep('main'), '/tmp/x')
+  assert len(runs) == 15 and {r.name.split('/')[0] for r in runs} == {
+      'baseline', 'kd', 'guide', 'guide_kd', 'guide_match_kd'}
+  count = lambda m: sum(x.size for x in jax.tree.leaves(transformer.abstract_params(m)))
+  student, teacher = count(config.model), count(config.teacher.pretrain.model)
+  assert 2.5 < teacher / student < 4.0
+  tokens = config.train.steps * config.data.global_batch_size * config.data.seq_len
+  assert tokens / student >= 20
+  assert config.train.eval_at_start and config.data.eval_split == 'test'
+  assert all(r.config.train.eval_at_start for r in runs)
+
+
 def _fake_run(root, name, losses, teacher=2.0, split='test'):
   """A finished run: metrics.jsonl with an eval curve and final.json."""
   workdir = root / name

@@ -99,6 +99,11 @@ class SyntheticSource:
             'loss_weights': np.ones((n, s), np.float32)}
 
 
+def synthetic_batch(vocab_size: int, batch: int, seq_len: int) -> dict[str, np.ndarray]:
+  """One batch of uniform random tokens (benchmarks and tests: no corpus, no I/O)."""
+  return BatchIterator(SyntheticSource(vocab_size, seq_len, seed=0), batch, 0, 1).batch_at(0)
+
+
 class Mixture:
   """Which rows of each step come from which source, as a pure function of the step.
 

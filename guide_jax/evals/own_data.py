@@ -27,7 +27,7 @@ def evaluate_run(workdir: epath.Path, loaded: sampler_lib.LoadedModel) -> dict[s
   cfg.data.tokenizer = loaded.vocab.path  # a student's is its teacher's, resolved at training
   data = pipeline.build(cfg)
   mesh, rules = loaded.sampler.mesh, loaded.sampler.rules
-  step = jax.jit(steps.make_eval_step(trainer.lm_objective(loaded.model, 0.0, 0)))
+  step = jax.jit(steps.make_eval_step(steps.lm_objective(loaded.model, 0.0, 0)))
   with jax.set_mesh(mesh), sharding.use_rules(rules):
     scores = trainer.evaluate(step, loaded.params, data.eval_batches, mesh, rules)
   return {k: scores[k] for k in (metrics_lib.EVAL_LOSS, metrics_lib.EVAL_BPB) if k in scores}

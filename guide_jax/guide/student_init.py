@@ -11,7 +11,28 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from guide_jax import sharding
+from guide_jax.guide.projection import guided_layers, project
+
 INIT_MODES = ('none', 'embeddings', 'blocks')
+
+
+def projected_teacher(teacher_params: dict, teacher_model, student_model, guide_cfg,
+                      param_shardings: dict, vocab_rows: int = 0):
+  """(theta_hat, layers, diagnostics): the teacher projected into the student's shapes
+  (`project` under jit), only the groups `guide.init` selects, placed like the student's
+  leaves; the student blocks it writes; and the projection's diagnostics. The one way the
+  trainer, the benchmark and AOT build it. Abstract teacher params (ShapeDtypeStructs)
+  give an abstract theta_hat and no diagnostics, for compiling without a teacher."""
+  layers, _ = guided_layers(teacher_model, student_model, guide_cfg)
+  fn = lambda p: project(p, teacher_model, student_model, guide_cfg, vocab_rows)
+  shapes = jax.eval_shape(fn, teacher_params)[0]
+  placed = sharding.like(shapes, param_shardings)
+  if all(isinstance(x, jax.ShapeDtypeStruct) for x in jax.tree.leaves(teacher_params)):
+    guided, diagnostics = sharding.abstract(shapes, placed), None
+  else:
+    guided, diagnostics = jax.jit(fn, out_shardings=(placed, None))(teacher_params)
+  return selected(guided, guide_cfg.init), layers, diagnostics
 
 
 def selected(guided: dict, init_mode: str) -> dict:

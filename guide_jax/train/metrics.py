@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import os
+import time
 
 import jax
 import tqdm
@@ -16,6 +17,21 @@ STEP, TOKENS = 'step', 'tokens'
 TRAIN_LOSS, EVAL_LOSS, EVAL_PPL = 'train/loss', 'eval/loss', 'eval/ppl'
 EVAL_BPB = 'eval/bits_per_byte'  # eval/loss in bits over the UTF-8 bytes of the text
 TOKENS_PER_SEC, STEP_TIME, MFU = 'perf/tokens_per_sec', 'perf/step_time_s', 'perf/mfu'
+
+
+def _records_up_to(text: str, step: int) -> str:
+  """The complete JSON lines of `text` whose step is at most `step`."""
+  kept = []
+  for line in text.splitlines(keepends=True):
+    if not line.endswith('\n'):
+      break  # cut short
+    try:
+      record = json.loads(line)
+    except json.JSONDecodeError:
+      continue
+    if record.get(STEP, 0) <= step:
+      kept.append(line)
+  return ''.join(kept)
 
 
 class MetricsWriter:
@@ -29,9 +45,17 @@ class MetricsWriter:
     workdir = paths.workdir_path(workdir)
     workdir.mkdir(parents=True, exist_ok=True)
     self._path = workdir / 'metrics.jsonl'
-    if paths.is_url(workdir):  # a resumed run continues the file it finds
-      self._lines = self._path.read_text() if self._path.exists() else ''
+    # A resumed run continues the file it finds, from its checkpoint's step: records of
+    # steps after it (redone now) and a line cut short by a kill are dropped, so the file
+    # reads as if the run had never stopped.
+    kept = _records_up_to(self._path.read_text() if self._path.exists() else '', start_step)
+    if paths.is_url(workdir):
+      self._lines = kept
     else:
+      if self._path.exists():
+        tmp = workdir / 'metrics.jsonl.tmp'
+        tmp.write_text(kept)
+        tmp.replace(self._path)
       self._jsonl = self._path.open('a')
     from tensorboardX import SummaryWriter
     self._tb = SummaryWriter(str(workdir / 'tensorboard'))
@@ -79,3 +103,38 @@ class MetricsWriter:
 def _plain(v):
   v = v.item() if hasattr(v, 'item') else v
   return float(v) if isinstance(v, float) else v
+
+
+class PerfMeter:
+  """Step time, tokens/s and MFU over the steps since the last report, timed on the host
+  between syncs. `restart()` after anything that is not a train step (the first step's
+  compile, an evaluation) keeps it out of the step time."""
+
+  def __init__(self, tokens_per_step: int, student_flops: float, teacher_flops: float,
+               peak_per_device: float, devices: int):
+    self.tokens_per_step = tokens_per_step
+    self.student_flops, self.teacher_flops = student_flops, teacher_flops
+    self.peak = peak_per_device * devices
+    self.restart()
+
+  def restart(self) -> None:
+    self._start, self._steps = time.perf_counter(), 0
+
+  def seconds(self) -> float:
+    return time.perf_counter() - self._start
+
+  def step(self) -> None:
+    self._steps += 1
+
+  def report(self) -> dict[str, float]:
+    """The window's numbers ({} when it holds no step), and a new window."""
+    if not self._steps:
+      self.restart()
+      return {}
+    step_time = self.seconds() / self._steps
+    budget = self.peak * step_time
+    self.restart()
+    return {STEP_TIME: step_time, TOKENS_PER_SEC: self.tokens_per_step / step_time,
+            MFU: (self.student_flops + self.teacher_flops) / budget,
+            'perf/mfu_student': self.student_flops / budget,
+            'perf/mfu_teacher': self.teacher_flops / budget}

@@ -15,9 +15,12 @@ from typing import Callable
 
 import jax
 import jax.numpy as jnp
+import ml_collections
 import optax
 
-from guide_jax import sharding
+from guide_jax import guide, losses, sharding
+from guide_jax.models import transformer
+from guide_jax.train import optimizer
 
 # objective(params, batch, step) -> (loss_sum, {metric_name: weighted sum})
 Objective = Callable[..., tuple[jax.Array, dict[str, jax.Array]]]
@@ -81,3 +84,80 @@ def make_eval_step(objective: Objective):
     return sums
 
   return eval_step
+
+
+# --- objectives and the compiled step, as trainer, bench and aot build them ---------------
+
+
+def lm_objective(model_cfg: ml_collections.ConfigDict, z_loss: float,
+                 chunk_len: int = 0) -> Objective:
+  """Next-token cross-entropy (+ z-loss): the pretraining objective. `chunk_len` > 0 fuses
+  the output layer into the loss (losses.chunked_output_sums)."""
+
+  def terms(logits, _, targets, weights):
+    sums = losses.cross_entropy_sums(logits, targets, weights)
+    return sums['ce'] + z_loss * sums['z'], sums
+
+  def objective(params, batch, step):
+    model = transformer.bind(model_cfg, params)
+    hidden = model.hidden(batch['inputs'], batch['positions'], batch['segment_ids'])
+    if chunk_len:
+      return losses.chunked_output_sums(terms, hidden, model.output_kernel(),
+                                        batch['targets'], batch['loss_weights'], chunk_len,
+                                        jnp.dtype(model_cfg.dtype))
+    return terms(model.logits_from_hidden(hidden), None, batch['targets'],
+                 batch['loss_weights'])
+
+  return objective
+
+
+def distill_objective(student_cfg, teacher_cfg, loss: losses.DistillLoss,
+                      layers, chunk_len: int = 0) -> Objective:
+  """w_ce CE + w_kd KD (teacher forward under stop_gradient) + w_match MATCH. `chunk_len`
+  > 0 fuses both models' output layers into the loss: no [B, S, V] logits are held."""
+
+  def objective(params, batch, step, teacher_params, theta_hat):
+    tokens = (batch['inputs'], batch['positions'], batch['segment_ids'])
+    student = transformer.bind(student_cfg, params)
+    h_student = student.hidden(*tokens)
+    h_teacher = w_teacher = None
+    if loss.uses_kd:
+      teacher = transformer.bind(teacher_cfg, teacher_params)
+      h_teacher = jax.lax.stop_gradient(teacher.hidden(*tokens))
+      w_teacher = jax.lax.stop_gradient(teacher.output_kernel())
+    match = guide.match_loss(params, theta_hat, layers) if loss.uses_match else None
+    if chunk_len:
+      return loss.fused_sums(step, h_student, student.output_kernel(), batch, chunk_len,
+                             jnp.dtype(student_cfg.dtype), h_teacher, w_teacher, match)
+    teacher_logits = None
+    if loss.uses_kd:
+      teacher_logits = jax.lax.stop_gradient(teacher.logits_from_hidden(h_teacher))
+    return loss.sums(step, student.logits_from_hidden(h_student), batch, teacher_logits,
+                     match)
+
+  return objective
+
+
+def new_state(params, tx) -> dict:
+  """A fresh train state: the params, their optimizer state, and step 0."""
+  return {'params': params, 'opt_state': tx.init(params), 'step': jnp.zeros((), jnp.int32)}
+
+
+def jit_train_step(objective, tx, train_cfg, state_shardings, in_shardings=None):
+  """The train step as every caller compiles it (trainer, bench, aot): the state is
+  donated, so params update in place, and stays on `state_shardings`. `in_shardings`
+  (batch, then the objective's extra inputs) pins those inputs too."""
+  step = make_train_step(objective, tx, train_cfg.grad_accum,
+                         optimizer.learning_rate_schedule(train_cfg))
+  pinned = {} if in_shardings is None else {'in_shardings': (state_shardings, *in_shardings)}
+  return jax.jit(step, out_shardings=(state_shardings, None), donate_argnums=(0,), **pinned)
+
+
+def state_shardings(params_shardings, tx, abstract_params, mesh):
+  """Shardings of {'params', 'opt_state', 'step'}: optimizer moments follow their param."""
+  abstract_opt = jax.eval_shape(tx.init, abstract_params)
+  opt_shardings = optax.tree_map_params(
+      tx, lambda _, s: s, abstract_opt, params_shardings,
+      transform_non_params=lambda _: sharding.replicated(mesh))
+  return {'params': params_shardings, 'opt_state': opt_shardings,
+          'step': sharding.replicated(mesh)}

@@ -106,7 +106,10 @@ def _latest_checkpoint(teacher_dir: epath.Path):
   return ckpt, step
 
 
-def _with_dtype(stored: ml_collections.ConfigDict, dtype: str) -> ml_collections.ConfigDict:
+def runtime_model(stored: ml_collections.ConfigDict, dtype: str) -> ml_collections.ConfigDict:
+  """The teacher as it runs: stored and computed in `teacher.dtype` when that is bfloat16,
+  else stored in float32 and computed in its own model.dtype. The one place this rule is
+  written: trainer (through load), bench and aot all use it."""
   model = ml_collections.ConfigDict(stored.to_dict())
   model.param_dtype = dtype
   model.dtype = dtype if dtype == 'bfloat16' else model.dtype
@@ -121,7 +124,7 @@ def load(teacher_dir: epath.Path, mesh, rules, dtype: str) -> Teacher:
   ckpt, step = _latest_checkpoint(teacher_dir)
   meta = ckpt.restore_meta(step)
   stored = config_lib.complete_model(meta['model'])
-  model = _with_dtype(stored, dtype)
+  model = runtime_model(stored, dtype)
   abstract, shardings = transformer.abstract_params_and_shardings(stored, mesh, rules)
   params = ckpt.restore_params(step, sharding.abstract(abstract, shardings))
   ckpt.close()
@@ -134,7 +137,7 @@ def load(teacher_dir: epath.Path, mesh, rules, dtype: str) -> Teacher:
 
 def load_hf(hf_dir: epath.Path, mesh, rules, dtype: str) -> Teacher:
   """A Hugging Face teacher: config.json -> model config, safetensors -> sharded params."""
-  model = _with_dtype(hf_checkpoint.model_config(hf_dir), dtype)
+  model = runtime_model(hf_checkpoint.model_config(hf_dir), dtype)
   abstract, shardings = transformer.abstract_params_and_shardings(model, mesh, rules)
   params = hf_checkpoint.load_params(hf_dir, model, abstract, shardings, dtype)
   vocab_path, vocab_rows = '', 0

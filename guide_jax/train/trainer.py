@@ -17,71 +17,22 @@ import math
 import os
 import signal
 import threading
-import time
 from typing import Any
 
 import jax
 import jax.numpy as jnp
 import ml_collections
-import optax
 from etils import epath
 
 from guide_jax import config as config_lib
 from guide_jax import guide, losses, paths, sharding
-from guide_jax.data import pipeline
+from guide_jax.data import packing, pipeline
 from guide_jax.models import transformer
 from guide_jax.train import checkpointing, flops, nonfinite, optimizer, preflight, steps
 from guide_jax.train import teacher as teacher_lib
 from guide_jax.train import metrics as metrics_lib
 
 ConfigError = config_lib.ConfigError
-
-
-def lm_objective(model_cfg: ml_collections.ConfigDict, z_loss: float,
-                 chunk_len: int = 0) -> steps.Objective:
-  """Next-token cross-entropy (+ z-loss): the pretraining objective. `chunk_len` > 0 fuses
-  the output layer into the loss (losses.chunked_output_sums)."""
-
-  def terms(logits, _, targets, weights):
-    sums = losses.cross_entropy_sums(logits, targets, weights)
-    return sums['ce'] + z_loss * sums['z'], sums
-
-  def objective(params, batch, step):
-    model = transformer.bind(model_cfg, params)
-    hidden = model.hidden(batch['inputs'], batch['positions'], batch['segment_ids'])
-    if chunk_len:
-      return losses.chunked_output_sums(terms, hidden, model.output_kernel(),
-                                        batch['targets'], batch['loss_weights'], chunk_len,
-                                        jnp.dtype(model_cfg.dtype))
-    return terms(model.logits_from_hidden(hidden), None, batch['targets'],
-                 batch['loss_weights'])
-
-  return objective
-
-
-def new_state(params, tx) -> dict:
-  """A fresh train state: the params, their optimizer state, and step 0."""
-  return {'params': params, 'opt_state': tx.init(params), 'step': jnp.zeros((), jnp.int32)}
-
-
-def jit_train_step(objective, tx, train_cfg, state_shardings, in_shardings=None):
-  """The train step as every caller compiles it (trainer, bench, aot): the state is
-  donated, so params update in place, and stays on `state_shardings`. `in_shardings`
-  (batch, then the objective's extra inputs) pins those inputs too."""
-  step = steps.make_train_step(objective, tx, train_cfg.grad_accum,
-                               optimizer.learning_rate_schedule(train_cfg))
-  pinned = {} if in_shardings is None else {'in_shardings': (state_shardings, *in_shardings)}
-  return jax.jit(step, out_shardings=(state_shardings, None), donate_argnums=(0,), **pinned)
-
-
-def state_shardings(params_shardings, tx, abstract_params, mesh):
-  """Shardings of {'params', 'opt_state', 'step'}: optimizer moments follow their param."""
-  abstract_opt = jax.eval_shape(tx.init, abstract_params)
-  opt_shardings = optax.tree_map_params(
-      tx, lambda _, s: s, abstract_opt, params_shardings,
-      transform_non_params=lambda _: sharding.replicated(mesh))
-  return {'params': params_shardings, 'opt_state': opt_shardings,
-          'step': sharding.replicated(mesh)}
 
 
 class _StopSignal:
@@ -160,38 +111,6 @@ def param_table(params: dict) -> str:
   return '\n'.join(lines)
 
 
-def distill_objective(student_cfg, teacher_cfg, loss: losses.DistillLoss,
-                      layers, chunk_len: int = 0) -> steps.Objective:
-  """w_ce CE + w_kd KD (teacher forward under stop_gradient) + w_match MATCH. `chunk_len`
-  > 0 fuses both models' output layers into the loss: no [B, S, V] logits are held."""
-
-  def objective(params, batch, step, teacher_params, theta_hat):
-    tokens = (batch['inputs'], batch['positions'], batch['segment_ids'])
-    student = transformer.bind(student_cfg, params)
-    h_student = student.hidden(*tokens)
-    h_teacher = w_teacher = None
-    if loss.uses_kd:
-      teacher = transformer.bind(teacher_cfg, teacher_params)
-      h_teacher = jax.lax.stop_gradient(teacher.hidden(*tokens))
-      w_teacher = jax.lax.stop_gradient(teacher.output_kernel())
-    match = guide.match_loss(params, theta_hat, layers) if loss.uses_match else None
-    if chunk_len:
-      return loss.fused_sums(step, h_student, student.output_kernel(), batch, chunk_len,
-                             jnp.dtype(student_cfg.dtype), h_teacher, w_teacher, match)
-    teacher_logits = None
-    if loss.uses_kd:
-      teacher_logits = jax.lax.stop_gradient(teacher.logits_from_hidden(h_teacher))
-    return loss.sums(step, student.logits_from_hidden(h_student), batch, teacher_logits,
-                     match)
-
-  return objective
-
-
-def _like(subset: dict, full: dict) -> dict:
-  """The leaves of `full` at the keys of `subset` (e.g. shardings of the guided leaves)."""
-  return {k: _like(v, full[k]) if isinstance(v, dict) else full[k] for k, v in subset.items()}
-
-
 def train(config: ml_collections.ConfigDict, workdir: str | os.PathLike, *,
           interrupt_at_step: int | None = None) -> dict[str, Any]:
   """Run (or resume) training. `interrupt_at_step` simulates a preemption (tests)."""
@@ -246,10 +165,10 @@ def train(config: ml_collections.ConfigDict, workdir: str | os.PathLike, *,
 
     # 5. Optimizer over the student's parameters only.
     tx = optimizer.make(cfg.train)
-    shardings = state_shardings(param_shardings, tx, abstract_params, mesh)
+    shardings = steps.state_shardings(param_shardings, tx, abstract_params, mesh)
 
     def _init_state(key):
-      return new_state(transformer.init_params(model_cfg, key), tx)
+      return steps.new_state(transformer.init_params(model_cfg, key), tx)
 
     init_state = jax.jit(_init_state, out_shardings=shardings)
 
@@ -257,13 +176,9 @@ def train(config: ml_collections.ConfigDict, workdir: str | os.PathLike, *,
     #     recomputed at every (re)start (deterministic), never checkpointed.
     theta_hat, guide_log, layers = {}, {}, None
     if distill:
-      layers, _ = guide.guided_layers(teacher.model, model_cfg, cfg.guide)
-      project = lambda p: guide.project(p, teacher.model, model_cfg, cfg.guide,
-                                        teacher.vocab_rows)
-      theta_hat_shardings = _like(jax.eval_shape(project, teacher.params)[0], param_shardings)
-      guided, diagnostics = jax.jit(project, out_shardings=(theta_hat_shardings, None))(
-          teacher.params)
-      theta_hat = guide.selected(guided, cfg.guide.init)
+      theta_hat, layers, diagnostics = guide.projected_teacher(
+          teacher.params, teacher.model, model_cfg, cfg.guide, param_shardings,
+          teacher.vocab_rows)
       guide_log = {'guide/explained_variance': float(diagnostics['explained_variance'])}
 
     # 6. Restore the latest checkpoint, or start fresh (from GUIDE when asked).
@@ -290,16 +205,16 @@ def train(config: ml_collections.ConfigDict, workdir: str | os.PathLike, *,
     #    teacher and theta_hat are inputs, never outputs (no gradient, no optimizer state).
     chunk_len = losses.resolve_chunk_len(cfg.loss.chunk_len, cfg.data.seq_len)
     batch_shardings = {k: sharding.batch_sharding(mesh, rules) for k in
-                       ('inputs', 'targets', 'segment_ids', 'positions', 'loss_weights')}
+                       packing.FIELDS}
     if distill:
       loss = losses.DistillLoss(cfg.loss, cfg.train.steps, cfg.train.z_loss)
-      objective = distill_objective(model_cfg, teacher.model, loss, layers, chunk_len)
+      objective = steps.distill_objective(model_cfg, teacher.model, loss, layers, chunk_len)
       extra, extra_shardings = (teacher.params, theta_hat), (teacher.shardings,
-                                                             _like(theta_hat, param_shardings))
+                                                             sharding.like(theta_hat, param_shardings))
     else:
-      objective = lm_objective(model_cfg, cfg.train.z_loss, chunk_len)
+      objective = steps.lm_objective(model_cfg, cfg.train.z_loss, chunk_len)
       extra, extra_shardings = (), ()
-    train_step = jit_train_step(objective, tx, cfg.train, shardings,
+    train_step = steps.jit_train_step(objective, tx, cfg.train, shardings,
                                 (batch_shardings, *extra_shardings))
     eval_batch_shardings = {k: sharding.batch_sharding(mesh, rules)  # + target_bytes
                             for k in data.eval_batches[0]}
@@ -311,9 +226,11 @@ def train(config: ml_collections.ConfigDict, workdir: str | os.PathLike, *,
                                        cfg.train.progress_bar)
     tokens_per_step = cfg.data.global_batch_size * cfg.data.seq_len
     peak, peak_source = flops.device_peak_flops(model_cfg.dtype, cfg.train.peak_flops)
-    student_flops = flops.train_flops_per_token(model_cfg, cfg.data.seq_len) * tokens_per_step
-    teacher_flops = (flops.forward_flops_per_token(teacher.model, cfg.data.seq_len)
-                     * tokens_per_step if distill and loss.uses_kd else 0.0)
+    perf = metrics_lib.PerfMeter(
+        tokens_per_step,
+        flops.train_flops_per_token(model_cfg, cfg.data.seq_len) * tokens_per_step,
+        (flops.forward_flops_per_token(teacher.model, cfg.data.seq_len) * tokens_per_step
+         if distill and loss.uses_kd else 0.0), peak, jax.device_count())
     if start_step == 0:
       writer.print(param_table(state['params']))
     writer.print(f'mesh {dict(mesh.shape)}; peak {peak / 1e9:.1f} GFLOP/s per device '
@@ -342,7 +259,7 @@ def train(config: ml_collections.ConfigDict, workdir: str | os.PathLike, *,
     if start_step == 0 and cfg.train.eval_at_start:
       last_eval = evaluate(eval_step, state['params'], data.eval_batches, mesh, rules, extra)
       writer.write(0, {metrics_lib.TOKENS: 0, **last_eval})
-    window_start, window_steps = time.perf_counter(), 0
+    perf.restart()
     with _StopSignal() as stop, _closing_on_divergence(ckpt, writer):
       while step < cfg.train.steps:
         batch = sharding.global_batch_from_local(next(data.train), mesh, rules)
@@ -350,13 +267,12 @@ def train(config: ml_collections.ConfigDict, workdir: str | os.PathLike, *,
         pending.append(step_metrics)
         step += 1
         unchecked.append((step, step_metrics['nonfinite']))
-        window_steps += 1
+        perf.step()
         writer.advance()
         if step == start_step + 1:  # the first step compiles: keep it out of step times
           jax.block_until_ready(state)
-          writer.print(f'first step (compile + run) took '
-                       f'{time.perf_counter() - window_start:.1f}s')
-          window_start, window_steps = time.perf_counter(), 0
+          writer.print(f'first step (compile + run) took {perf.seconds():.1f}s')
+          perf.restart()
 
         logs = step % cfg.train.log_every == 0 or step == cfg.train.steps
         # Before a log and before a checkpoint: has any step since the last look diverged?
@@ -369,18 +285,9 @@ def train(config: ml_collections.ConfigDict, workdir: str | os.PathLike, *,
                     **_reduce({k: float(v) for k, v in last.items()}, 'train'),
                     'train/grad_norm': float(last['grad_norm']),
                     'train/learning_rate': float(last['learning_rate']),
-                    'train/skipped_steps': guard.skipped}
-          if window_steps:  # none when the only step since the last log was the compile
-            step_time = (time.perf_counter() - window_start) / window_steps
-            per_device = peak * jax.device_count() * step_time
-            record.update({
-                metrics_lib.STEP_TIME: step_time,
-                metrics_lib.TOKENS_PER_SEC: tokens_per_step / step_time,
-                metrics_lib.MFU: (student_flops + teacher_flops) / per_device,
-                'perf/mfu_student': student_flops / per_device,
-                'perf/mfu_teacher': teacher_flops / per_device})
+                    'train/skipped_steps': guard.skipped, **perf.report()}
           writer.write(step, record)
-          pending, window_start, window_steps = [], time.perf_counter(), 0
+          pending = []
         if why:
           raise nonfinite.NonFiniteError(why)
 
@@ -388,7 +295,7 @@ def train(config: ml_collections.ConfigDict, workdir: str | os.PathLike, *,
           last_eval = evaluate(eval_step, state['params'], data.eval_batches, mesh, rules,
                                extra)
           writer.write(step, {metrics_lib.TOKENS: step * tokens_per_step, **last_eval})
-          window_start = time.perf_counter()  # eval time is not train step time
+          perf.restart()  # eval time is not train step time
 
         if step % cfg.train.checkpoint_every == 0:
           ckpt.save(step, state, data.train.get_state(), meta)
@@ -417,7 +324,7 @@ def _teacher_evals(cfg, teacher, m, data, mesh, rules) -> dict[str, float]:
   """Eval loss of the teacher, and (guide.approx_teacher_eval) of the teacher with E_T and
   P_T replaced by their PCA reconstructions E M M^T: what the compression alone costs."""
   chunk_len = losses.resolve_chunk_len(cfg.loss.chunk_len, cfg.data.seq_len)
-  teacher_eval = jax.jit(steps.make_eval_step(lm_objective(teacher.model, 0.0, chunk_len)),
+  teacher_eval = jax.jit(steps.make_eval_step(steps.lm_objective(teacher.model, 0.0, chunk_len)),
                          in_shardings=(teacher.shardings, None))
   scores = evaluate(teacher_eval, teacher.params, data.eval_batches, mesh, rules)
   out = {'teacher/eval_loss': scores[metrics_lib.EVAL_LOSS]}
