@@ -61,8 +61,8 @@ def _memory(compiled) -> dict:
           'argument_bytes': int(m.argument_size_in_bytes)}
 
 
-def run_arms(cfg, steps: int, arms: list[str], log=print) -> dict:
-  """Compile every arm, warm it up, then time `steps` interleaved rounds."""
+def run_arms(cfg, rounds: int, arms: list[str], log=print) -> dict:
+  """Compile every arm, warm it up, then time `rounds` interleaved rounds."""
   import jax
   from guide_jax import config as config_lib
   from guide_jax import guide, losses, sharding
@@ -130,7 +130,7 @@ def run_arms(cfg, steps: int, arms: list[str], log=print) -> dict:
       results[arm] = {'compile_s': compile_s, **_memory(compiled[arm]), 'times': []}
       log(f'{arm}: compiled in {compile_s:.1f}s')
 
-    for _ in range(steps):  # interleaved rounds
+    for _ in range(rounds):  # interleaved rounds
       for arm in arms:
         start = time.perf_counter()
         states[arm], metrics = compiled[arm](states[arm], batch, teacher_params, theta_hat)
