@@ -38,7 +38,27 @@ ARMS = {  # arm: (GUIDE init, KD weight, MATCH weight)
     'guide_match': (True, 0.0, 1.0),
     'kd': (False, 1.0, 0.0),
     'guide_match_kd': (True, 1.0, 1.0),
+    # The baseline without the non-finite guard (steps.make_train_step): its ratio to the
+    # baseline is what the guard costs.
+    'baseline_unguarded': (False, 0.0, 0.0),
 }
+
+
+# Which PyTorch peer step (benchmarks/torch_peer.py) each arm is compared with, and the
+# name of the comparison in the JSON's "peer" object.
+PEER_STEPS = {'baseline': 'lm', 'kd': 'kd'}
+
+
+def load_peer():
+  """benchmarks/torch_peer.py, loaded by path: the package never imports torch itself."""
+  from guide_jax import config as config_lib
+  from guide_jax import sweep
+  path = pathlib.Path(__file__).resolve().parent.parent / 'benchmarks' / 'torch_peer.py'
+  try:
+    return sweep.load_module(path)
+  except ImportError as e:
+    raise config_lib.ConfigError(f'--peer needs torch ({e}); pip install -e ".[hf-parity]" '
+                                 f'(the CPU torch: see the Makefile)') from None
 
 
 def synthetic_batch(cfg) -> dict:
@@ -61,8 +81,10 @@ def _memory(compiled) -> dict:
           'argument_bytes': int(m.argument_size_in_bytes)}
 
 
-def run_arms(cfg, rounds: int, arms: list[str], log=print) -> dict:
-  """Compile every arm, warm it up, then time `rounds` interleaved rounds."""
+def run_arms(cfg, rounds: int, arms: list[str], log=print, peer=None) -> dict:
+  """Compile every arm, warm it up, then time `rounds` interleaved rounds. `peer`: the
+  module benchmarks/torch_peer.py, whose PyTorch steps of the same model (lm for the
+  baseline arm, kd for kd) are timed right after guide_jax's in each round."""
   import jax
   from guide_jax import config as config_lib
   from guide_jax import guide, losses, sharding
@@ -104,6 +126,12 @@ def run_arms(cfg, rounds: int, arms: list[str], log=print) -> dict:
     tx = optimizer.make(cfg.train)
     state_shardings = steps.state_shardings(p_shardings, tx, s_shapes, mesh)
 
+    peers = {}
+    if peer is not None:
+      peer_steps = peer.make_steps(s_model, t_model, cfg.train, synthetic_batch(cfg))
+      peers = {arm: peer_steps[kind] for arm, kind in PEER_STEPS.items() if arm in arms}
+      for arm, step in peers.items():
+        step()  # warm-up
     compiled, states, results = {}, {}, {}
     for arm in arms:
       use_guide, w_kd, w_match = ARMS[arm]
@@ -114,7 +142,8 @@ def run_arms(cfg, rounds: int, arms: list[str], log=print) -> dict:
       objective = steps.distill_objective(
           s_model, t_model, loss, layers,
           losses.resolve_chunk_len(cfg.loss.chunk_len, cfg.data.seq_len))
-      step_fn = steps.jit_train_step(objective, tx, cfg.train, state_shardings)
+      step_fn = steps.jit_train_step(objective, tx, cfg.train, state_shardings,
+                                     guard_nonfinite=arm != 'baseline_unguarded')
 
       def init(key, use_guide=use_guide):
         params = transformer.init_params(s_model, key)
@@ -136,6 +165,10 @@ def run_arms(cfg, rounds: int, arms: list[str], log=print) -> dict:
         states[arm], metrics = compiled[arm](states[arm], batch, teacher_params, theta_hat)
         jax.block_until_ready((states[arm], metrics))
         results[arm]['times'].append(time.perf_counter() - start)
+        if arm in peers:
+          start = time.perf_counter()
+          peers[arm]()
+          results[arm].setdefault('peer_times', []).append(time.perf_counter() - start)
 
   # The matmul was measured on one device. Fake CPU devices share the host's cores, so
   # there the host's peak is the budget of all of them; real chips each have their own.
@@ -146,9 +179,16 @@ def run_arms(cfg, rounds: int, arms: list[str], log=print) -> dict:
     r = results.pop(arm)
     step_time = statistics.median(r.pop('times'))
     arm_flops = student_flops + (teacher_flops if ARMS[arm][1] else 0.0)
+    peer_times = r.pop('peer_times', None)
     out[arm] = {'step_time_s': step_time, 'tokens_per_sec': tokens / step_time,
                 'mfu': arm_flops / (total_peak * step_time),
                 'mfu_student': student_flops / (total_peak * step_time), **r}
+    if peer_times:
+      peer_time = statistics.median(peer_times)
+      out[arm]['peer'] = {'torch_tokens_per_sec': tokens / peer_time,
+                          'jax_tokens_per_sec': tokens / step_time,
+                          'ratio': peer_time / step_time,  # > 1: guide_jax is faster
+                          'torch_mfu': arm_flops / (total_peak * peer_time)}
   return {'device_kind': jax.devices()[0].device_kind, 'devices': n_dev,
           'dtype': s_model.dtype, 'peak_flops': peak, 'peak_source': peak_source,
           'measured_matmul_peak': measured_peak, 'tokens_per_step': tokens,
@@ -233,6 +273,9 @@ def define_flags() -> None:
   flags.DEFINE_list('arms', list(ARMS), 'Arms to run.')
   flags.DEFINE_list('compile_depths', [], 'Also compile the baseline step at these depths.')
   flags.DEFINE_list('project', [], 'vocab,d_teacher,d_student: benchmark guide.project only.')
+  flags.DEFINE_bool('peer', False, 'Also time a plain PyTorch loop of the same model and '
+                    'steps (benchmarks/torch_peer.py; needs torch), interleaved with '
+                    'guide_jax\'s: the JSON gains "peer": {"lm": ..., "kd": ...}.')
 
 
 def main(argv):
@@ -260,7 +303,8 @@ def _main():
                                  f'{list(ARMS)}')
   from guide_jax import guide
   try:
-    result = run_arms(cli.config_value(f['config']), f.steps, list(f.arms))
+    result = run_arms(cli.config_value(f['config']), f.steps, list(f.arms),
+                      peer=load_peer() if f.peer else None)
   except (guide.GuideError, ValueError) as e:
     if isinstance(e, config_lib.ConfigError):
       raise
@@ -277,6 +321,12 @@ def _main():
     peak_mib = '-' if r['peak_bytes'] is None else f'{r["peak_bytes"] / 2**20:.0f}'
     print(f'{arm:<16}{r["step_time_s"]:>9.4f}{r["tokens_per_sec"]:>11.0f}{r["mfu"]:>8.1%}'
           f'{r["compile_s"]:>11.1f}{peak_mib:>10}{result["ratios"].get(arm, 0):>8.3f}')
+  peer = {PEER_STEPS[arm]: r.pop('peer') for arm, r in result['arms'].items() if 'peer' in r}
+  if peer:
+    result['peer'] = peer
+    for kind, p in peer.items():
+      print(f'peer {kind}: guide_jax {p["jax_tokens_per_sec"]:,.0f} tokens/s, PyTorch '
+            f'{p["torch_tokens_per_sec"]:,.0f} tokens/s: {p["ratio"]:.2f}x')
   print(f'KD theory ratio 1 + teacher fwd / student train = {result["kd_theory_ratio"]:.3f}')
   if 'compile_s_by_depth' in result:
     print('compile s by depth: ' + ', '.join(f'{d} layers {s:.1f}s' for d, s in

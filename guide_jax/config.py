@@ -313,10 +313,7 @@ def guide_config() -> ml_collections.ConfigDict:
 
 def load_experiment_module(name: str):
   """The module experiments/NAME.py (for configs built on a sibling config, and tests)."""
-  import importlib.util
   import pathlib
-  path = pathlib.Path(__file__).resolve().parent.parent / 'experiments' / f'{name}.py'
-  spec = importlib.util.spec_from_file_location(f'experiments.{name}', path)
-  module = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(module)
-  return module
+  from guide_jax import sweep  # the one loader of experiment files
+  return sweep.load_module(pathlib.Path(__file__).resolve().parent.parent / 'experiments'
+                           / f'{name}.py')

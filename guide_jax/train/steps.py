@@ -36,7 +36,9 @@ def split_micro_batches(batch: dict, n: int) -> dict:
 
 
 def make_train_step(objective: Objective, tx: optax.GradientTransformation, grad_accum: int,
-                    schedule: optax.Schedule):
+                    schedule: optax.Schedule, guard_nonfinite: bool = True):
+  """`guard_nonfinite=False` applies every update (only the benchmark's measure of what
+  the guard costs uses it)."""
 
   def train_step(state: dict, batch: dict, *extra):
     params, step = state['params'], state['step']
@@ -63,7 +65,8 @@ def make_train_step(objective: Objective, tx: optax.GradientTransformation, grad
     updates, opt_state = tx.update(grads, state['opt_state'], params)
     grad_norm = optax.global_norm(grads)
     finite = jnp.isfinite(loss) & jnp.isfinite(grad_norm)
-    keep_if_not = lambda new, old: jnp.where(finite, new, old)
+    keep_if_not = (lambda new, old: jnp.where(finite, new, old)) if guard_nonfinite else (
+        lambda new, old: new)
     new_state = {'params': jax.tree.map(keep_if_not, optax.apply_updates(params, updates),
                                         params),
                  'opt_state': jax.tree.map(keep_if_not, opt_state, state['opt_state']),
@@ -143,12 +146,13 @@ def new_state(params, tx) -> dict:
   return {'params': params, 'opt_state': tx.init(params), 'step': jnp.zeros((), jnp.int32)}
 
 
-def jit_train_step(objective, tx, train_cfg, state_shardings, in_shardings=None):
+def jit_train_step(objective, tx, train_cfg, state_shardings, in_shardings=None,
+                   guard_nonfinite: bool = True):
   """The train step as every caller compiles it (trainer, bench, aot): the state is
   donated, so params update in place, and stays on `state_shardings`. `in_shardings`
   (batch, then the objective's extra inputs) pins those inputs too."""
   step = make_train_step(objective, tx, train_cfg.grad_accum,
-                         optimizer.learning_rate_schedule(train_cfg))
+                         optimizer.learning_rate_schedule(train_cfg), guard_nonfinite)
   pinned = {} if in_shardings is None else {'in_shardings': (state_shardings, *in_shardings)}
   return jax.jit(step, out_shardings=(state_shardings, None), donate_argnums=(0,), **pinned)
 
