@@ -143,7 +143,7 @@ def make_steps(student_cfg, teacher_cfg, train_cfg, batch: dict[str, np.ndarray]
       if train_cfg.grad_clip > 0:
         torch.nn.utils.clip_grad_norm_(student.parameters(), train_cfg.grad_clip)
       opt.step()
-      return float(loss)
+      return loss.item()
 
     return step
 

@@ -72,7 +72,11 @@ def run_all(config, config_path: str, sweep_name: str, study_dir: pathlib.Path,
   runs = select(runs, only)
   if pretrain is not None and not (teacher_dir / FINAL).exists():
     log(f'teacher -> {teacher_dir}')
-    _finish(trainer.train(pretrain, teacher_dir), pretrain, teacher_dir, 'teacher', {})
+    result = trainer.train(pretrain, teacher_dir)
+    if result['interrupted']:  # a half-trained teacher must not look finished
+      log('the teacher was interrupted; rerun the same command to resume it')
+      return []
+    _finish(result, pretrain, teacher_dir, 'teacher', {})
   finals = []
   for i, run in enumerate(runs):
     workdir = pathlib.Path(run.workdir)

@@ -251,3 +251,19 @@ def test_miniature_study_runs_resumes_and_reports(tmp_path):
   assert 'Eval split: test' in (tmp_path / 'report.md').read_text()
   assert summary['teacher_bits_per_byte'] > 0
   assert all(arm['bits_per_byte_mean'] > 0 for arm in summary['arms'].values())
+
+
+def test_an_interrupted_teacher_is_not_marked_finished(tmp_path, monkeypatch):
+  """A preempted teacher (SIGTERM) returns interrupted: no final.json, so the next run of
+  the study resumes it instead of distilling from a half-trained teacher."""
+  from guide_jax.train import trainer
+  study_file = tmp_path / 'study_miniature.py'
+  study_file.write_text(MINIATURE)
+  config = sweep.load_module(study_file).get_config()
+  calls = []
+  monkeypatch.setattr(trainer, 'train', lambda cfg, workdir: calls.append(workdir) or {
+      'step': 1, 'interrupted': True, 'params': {}})
+  logs = []
+  assert study.run_all(config, str(study_file), 'main', tmp_path, log=logs.append) == []
+  assert len(calls) == 1 and not (tmp_path / 'teacher' / 'final.json').exists()
+  assert any('teacher was interrupted' in line for line in logs)
