@@ -18,7 +18,7 @@ Sweeps (plain data, `get_sweep(name)`, shared by the local runner and the launch
 A seed changes the student's init and its data order; the teacher is the same for all.
 
 Measured on the 2-core CPU machine (see results/cpu_study/): teacher 400 steps,
-students 200 steps (819,200 tokens each).
+students 150 steps (614,400 tokens each).
 """
 
 import ml_collections
