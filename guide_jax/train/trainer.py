@@ -12,6 +12,7 @@ from it; SIGTERM (what a TPU preemption sends) saves a checkpoint and returns cl
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import os
@@ -52,21 +53,16 @@ class _StopSignal:
       signal.signal(signal.SIGTERM, self._previous)
 
 
-class _closing_on_divergence:
+@contextlib.contextmanager
+def _closing_on_divergence(ckpt, writer):
   """On NonFiniteError: wait for the checkpoints already being written (all from before
   the divergence), close the metrics, and let the error through. Nothing more is saved."""
-
-  def __init__(self, ckpt, writer):
-    self.ckpt, self.writer = ckpt, writer
-
-  def __enter__(self):
-    return self
-
-  def __exit__(self, exc_type, exc, tb):
-    if exc_type is nonfinite.NonFiniteError:
-      self.ckpt.close()
-      self.writer.close()
-    return False
+  try:
+    yield
+  except nonfinite.NonFiniteError:
+    ckpt.close()
+    writer.close()
+    raise
 
 
 def _reduce(sums: dict[str, float], prefix: str) -> dict[str, float]:
