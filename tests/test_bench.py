@@ -20,36 +20,6 @@ def run_bench(*args):
                         capture_output=True, text=True, timeout=600)
 
 
-def test_bench_reports_every_arm_as_json():
-  arms = ('baseline', 'kd')  # bench.ARMS has three more: the same code paths
-  out = run_bench('--config=experiments/guide_tiny.py', '--steps=2',
-                  '--config.data.backend=synthetic', '--compile_depths=1,2',
-                  f'--arms={",".join(arms)}')
-  assert out.returncode == 0, out.stderr[-3000:]
-  result = json.loads(out.stdout.strip().splitlines()[-1])
-  assert set(result['arms']) == set(arms) and set(result['ratios']) == set(arms)
-  for arm in arms:
-    r = result['arms'][arm]
-    assert all(r[k] > 0 for k in FIELDS), r
-    assert 0 < r['mfu_student'] <= r['mfu']
-    assert result['ratios'][arm] == r['step_time_s'] / result['arms']['baseline']['step_time_s']
-  assert result['ratios']['baseline'] == 1.0
-  assert result['peak_flops'] > 0
-  # guide_tiny: student d32 f64 (2 layers), teacher d64 f128, vocab 512, batch 8 x 64.
-  assert result['kd_theory_ratio'] == 1 + (result['teacher_forward_flops_per_step'] /
-                                           result['student_train_flops_per_step'])
-  assert result['arms']['kd']['mfu'] > result['arms']['kd']['mfu_student']
-  assert result['arms']['baseline']['mfu'] == result['arms']['baseline']['mfu_student']
-  assert set(result['compile_s_by_depth']) == {'1', '2'}
-
-
-def test_bench_without_teacher_or_bad_arm_exits_2():
-  out = run_bench('--config=experiments/lm_tiny.py', '--steps=1')
-  assert out.returncode == 2 and 'teacher' in out.stderr.strip().splitlines()[-1]
-  out = run_bench('--config=experiments/guide_tiny.py', '--arms=baseline,nope')
-  assert out.returncode == 2 and "unknown ['nope']" in out.stderr
-
-
 PEER_SMALL = ['--config.model.d_model=64', '--config.model.n_heads=1',
               '--config.model.n_kv_heads=1', '--config.model.mlp_dim=256',
               '--config.data.seq_len=32', '--config.data.global_batch_size=4',
@@ -60,11 +30,26 @@ PEER_SMALL = ['--config.model.d_model=64', '--config.model.n_heads=1',
               '--config.teacher.pretrain.model.mlp_dim=512']
 
 
-def test_bench_peer_reports_pytorch_beside_guide_jax():
-  out = run_bench('--config=experiments/bench_peer.py', '--steps=2', '--arms=baseline,kd',
-                  '--peer', *PEER_SMALL)
+def test_bench_reports_every_arm_and_the_pytorch_peer_as_json():
+  arms = ('baseline', 'kd')  # bench.ARMS has more: the same code paths
+  out = run_bench('--config=experiments/bench_peer.py', '--steps=2', '--compile_depths=1,2',
+                  f'--arms={",".join(arms)}', '--peer', *PEER_SMALL)
   assert out.returncode == 0, out.stderr[-3000:]
   result = json.loads(out.stdout.strip().splitlines()[-1])
+  assert set(result['arms']) == set(arms) and set(result['ratios']) == set(arms)
+  for arm in arms:
+    r = result['arms'][arm]
+    assert all(r[k] > 0 for k in FIELDS), r
+    assert 0 < r['mfu_student'] <= r['mfu']
+    assert result['ratios'][arm] == r['step_time_s'] / result['arms']['baseline']['step_time_s']
+  assert result['ratios']['baseline'] == 1.0
+  assert result['peak_flops'] > 0
+  assert result['kd_theory_ratio'] == 1 + (result['teacher_forward_flops_per_step'] /
+                                           result['student_train_flops_per_step'])
+  assert result['arms']['kd']['mfu'] > result['arms']['kd']['mfu_student']
+  assert result['arms']['baseline']['mfu'] == result['arms']['baseline']['mfu_student']
+  assert set(result['compile_s_by_depth']) == {'1', '2'}
+  # The PyTorch peer of each arm, timed in the same rounds.
   assert set(result['peer']) == {'lm', 'kd'}
   for kind, arm in (('lm', 'baseline'), ('kd', 'kd')):
     p = result['peer'][kind]
@@ -72,6 +57,13 @@ def test_bench_peer_reports_pytorch_beside_guide_jax():
     assert p['ratio'] == pytest.approx(p['jax_tokens_per_sec'] / p['torch_tokens_per_sec'],
                                        rel=1e-12)
     assert p['torch_tokens_per_sec'] > 0 and p['torch_mfu'] > 0
+
+
+def test_bench_without_teacher_or_bad_arm_exits_2():
+  out = run_bench('--config=experiments/lm_tiny.py', '--steps=1')
+  assert out.returncode == 2 and 'teacher' in out.stderr.strip().splitlines()[-1]
+  out = run_bench('--config=experiments/guide_tiny.py', '--arms=baseline,nope')
+  assert out.returncode == 2 and "unknown ['nope']" in out.stderr
 
 
 @pytest.mark.parametrize('mlp,norm,tied', [('gelu', 'layernorm', True),

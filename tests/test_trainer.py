@@ -23,6 +23,7 @@ def resume_config(tiny_config):
   return c
 
 
+@pytest.mark.slow  # the default run has test_preemption's SIGTERM to a real process
 def test_interrupted_and_resumed_equals_uninterrupted(resume_config, tmp_path):
   straight = trainer.train(resume_config, tmp_path / 'straight')
   first = trainer.train(resume_config, tmp_path / 'resumed', interrupt_at_step=3)
