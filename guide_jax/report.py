@@ -231,7 +231,7 @@ def _final_closures(study: dict, arm: str, teacher: float) -> dict[str, float]:
 def verdicts(study: dict, teacher: float | None) -> list[dict]:
   """The paper's claims at the end of training, each judged from a 95% interval over
   paired seeds: 'met' when the whole interval is on the claim's side, 'not met' when it is
-  all on the other, else 'not resolvable at this precision'."""
+  all on the other, else (or with one seed) 'not resolvable at this precision'."""
   if teacher is None:
     return []
   c = {arm: _final_closures(study, arm, teacher) for arm in ('guide', 'kd', 'guide_kd')}
@@ -241,8 +241,11 @@ def verdicts(study: dict, teacher: float | None) -> list[dict]:
     if stats is None:
       return None
     mean, lo, hi = stats
-    verdict = ('met' if lo > threshold else 'not met' if hi <= threshold
-               else 'not resolvable at this precision')
+    if len(per_seed) < 2:  # one seed: no interval, nothing to judge it by
+      verdict = 'not resolvable at this precision'
+    else:
+      verdict = ('met' if lo > threshold else 'not met' if hi <= threshold
+                 else 'not resolvable at this precision')
     return {'claim': claim, 'mean': mean, 'ci95': [lo, hi], 'seeds': len(per_seed),
             'verdict': verdict}
 
