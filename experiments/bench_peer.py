@@ -17,20 +17,11 @@ from guide_jax import config as config_lib
 
 
 def _model(c, d, heads, mlp):
-  c.model.vocab_size = 4096
-  c.model.d_model = d
-  c.model.n_layers = 4
-  c.model.n_heads = heads
-  c.model.n_kv_heads = heads
-  c.model.head_dim = 64
-  c.model.mlp_dim = mlp
-  c.model.max_len = 256
+  """bench_cpu.py's model (the same widths, batch and synthetic data), with the GELU MLP
+  and LayerNorm of issue 13's measurement."""
+  c = config_lib.load_experiment_module('bench_cpu')._model(c, d, heads, mlp)
   c.model.mlp = 'gelu'
   c.model.norm = 'layernorm'
-  c.data.backend = 'synthetic'
-  c.data.seq_len = 256
-  c.data.global_batch_size = 16
-  c.mesh.data = 1
   return c
 
 
