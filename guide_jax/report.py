@@ -136,8 +136,8 @@ def summarize(study: dict) -> dict:
   out_arms = {}
   for arm, seeds in arms.items():
     losses = [r['final']['eval/loss'] for r in seeds.values()]
-    closures = [closure(base[s]['final']['eval/loss'], r['final']['eval/loss'], teacher)
-                for s, r in seeds.items() if s in base and teacher is not None]
+    closures = (list(_final_closures(study, arm, teacher).values())
+                if teacher is not None else [])
     loss_mean, loss_std = _mean_std(losses)
     entry = {'eval_loss_mean': loss_mean, 'eval_loss_std': loss_std,
              'ppl_mean': statistics.fmean(math.exp(x) for x in losses),
@@ -207,10 +207,10 @@ def closure_curve(base: dict, seeds: dict, teacher: float) -> list[dict]:
   points = []
   every = sorted(set.union(*(set(r['curve']) for r in seeds.values())))
   for t in every:
-    stats = ci95(_paired(base, seeds, t, teacher))
-    if stats is not None:
-      n = len(_paired(base, seeds, t, teacher))
-      points.append({'tokens': t, 'mean': stats[0], 'ci95': list(stats[1:]), 'seeds': n})
+    paired = _paired(base, seeds, t, teacher)
+    if paired:
+      mean, lo, hi = ci95(paired)
+      points.append({'tokens': t, 'mean': mean, 'ci95': [lo, hi], 'seeds': len(paired)})
   return points
 
 
