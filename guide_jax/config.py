@@ -10,6 +10,7 @@ from __future__ import annotations
 import ml_collections
 
 from guide_jax import sharding
+from guide_jax.models.transformer import REMAT_POLICIES
 from guide_jax.data import sources
 from guide_jax.losses import loss_config
 
@@ -64,7 +65,10 @@ def model_config() -> ml_collections.ConfigDict:
   m.param_dtype = 'float32'  # storage dtype of parameters (and optimizer state)
   m.dtype = 'float32'        # compute dtype of matmuls ('bfloat16': f32 accumulation)
   m.scan_layers = True       # lax.scan over blocks: compile time flat in depth
-  m.remat = 'none'           # rematerialisation: 'none', 'full', 'dots', 'dots_saveable'
+  m.unroll_on_cpu = True     # but on a CPU mesh, a Python loop over them: XLA:CPU runs the
+                             # scan's body ~1.3x slower (benchmarks/README.md); compile time
+                             # then grows with depth. No effect on TPU/GPU.
+  m.remat = 'none'           # rematerialisation: a transformer.REMAT_POLICIES name
   return m
 
 
@@ -181,8 +185,8 @@ def validate_model(m: ml_collections.ConfigDict, prefix: str = 'model') -> None:
              f'0 < rope_low_freq_factor < rope_high_freq_factor')
   _require(m.sliding_window >= 0, f'{prefix}.sliding_window={m.sliding_window} must be >= 0')
   _require(m.family in FAMILIES, f'{prefix}.family={m.family!r} must be one of {FAMILIES}')
-  _require(m.remat in ('none', 'full', 'dots', 'dots_saveable'),
-           f"{prefix}.remat={m.remat!r} must be one of none, full, dots, dots_saveable")
+  _require(m.remat in REMAT_POLICIES,
+           f"{prefix}.remat={m.remat!r} must be one of {', '.join(REMAT_POLICIES)}")
   for name in ('param_dtype', 'dtype'):
     _require(m[name] in ('float32', 'bfloat16'),
              f"{prefix}.{name}={m[name]!r} must be 'float32' or 'bfloat16'")

@@ -119,6 +119,15 @@ def replicated(mesh) -> NamedSharding:
   return NamedSharding(mesh, PartitionSpec())
 
 
+def platform() -> str:
+  """The platform of the current mesh ('cpu', 'gpu', 'tpu'), else the default backend's:
+  what a step is compiled for (AOT compiles for a TPU topology's mesh on a CPU host)."""
+  mesh = jax.sharding.get_abstract_mesh()
+  if not mesh.empty and mesh.abstract_device is not None:
+    return mesh.abstract_device.platform
+  return jax.default_backend()
+
+
 # --- activation constraints -----------------------------------------------------------
 
 _ACTIVE = threading.local()

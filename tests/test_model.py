@@ -1,7 +1,12 @@
+import contextlib
+import io
+import re
+
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from jax.ad_checkpoint import print_saved_residuals
 
 from guide_jax import config as config_lib
 from guide_jax.models import transformer
@@ -91,12 +96,64 @@ def test_packed_segments_are_independent(overrides):
 
 
 def test_scan_equals_loop():
-  m = small_model()
+  m = small_model(unroll_on_cpu=False)
   params = transformer.init_params(m, jax.random.key(3))
   batch = batch_for(np.random.default_rng(3).integers(0, m.vocab_size, (2, 10)))
   scanned = transformer.apply(m, params, batch)
   looped = transformer.apply(small_model(scan_layers=False), params, batch)
   np.testing.assert_allclose(scanned, looped, atol=1e-5, rtol=1e-5)
+
+
+@pytest.mark.parametrize('scan_layers,unroll_on_cpu,scans', [
+    (True, False, True), (True, True, False), (False, False, False)])
+def test_layers_are_unrolled_on_a_cpu_mesh_only_when_asked(scan_layers, unroll_on_cpu, scans):
+  m = small_model(scan_layers=scan_layers, unroll_on_cpu=unroll_on_cpu)
+  params = transformer.init_params(m, jax.random.key(3))
+  batch = batch_for(np.random.default_rng(3).integers(0, m.vocab_size, (2, 10)))
+  with jax.set_mesh(jax.make_mesh((1,), ('data',), devices=jax.devices()[:1])):
+    assert transformer.scans_layers(m) == scans
+    jaxpr = str(jax.make_jaxpr(lambda p: transformer.apply(m, p, batch))(params))
+  assert (' scan[' in jaxpr) == scans
+
+
+def _mean_logit_loss(m, batch):
+  return lambda params: transformer.apply(m, params, batch).mean()
+
+
+@pytest.mark.parametrize('remat', sorted(set(transformer.REMAT_POLICIES) - {'none'}))
+def test_remat_policies_keep_the_gradients(remat):
+  m = small_model()
+  params = transformer.init_params(m, jax.random.key(4))
+  batch = batch_for(np.random.default_rng(4).integers(0, m.vocab_size, (2, 10)))
+  want = jax.grad(_mean_logit_loss(m, batch))(params)
+  got = jax.grad(_mean_logit_loss(small_model(remat=remat), batch))(params)
+  jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, atol=1e-5, rtol=1e-5), got, want)
+
+
+def _saved_shapes(remat):
+  """Shapes of the forward residuals the backward pass keeps, unrolled layers (JAX only
+  prints them: `f32[2,10,48] output of ...`, one a line)."""
+  m = small_model(remat=remat, scan_layers=False)
+  params = transformer.init_params(m, jax.random.key(5))
+  batch = batch_for(np.random.default_rng(5).integers(0, m.vocab_size, (2, 10)))
+  out = io.StringIO()
+  with contextlib.redirect_stdout(out):
+    print_saved_residuals(_mean_logit_loss(m, batch), params)
+  return [tuple(int(n) for n in dims.split(',') if n)
+          for dims in re.findall(r'^\w+\[([\d,]*)\]', out.getvalue(), re.M)]
+
+
+def test_save_dot_except_mlp_keeps_attention_projections_not_the_mlp():
+  m = small_model()
+  b, t, f = 2, 10, m.mlp_dim
+  dots = _saved_shapes('dots')
+  lean = _saved_shapes('save_dot_except_mlp')
+  mlp_hidden = (b, t, f)
+  assert mlp_hidden in dots and mlp_hidden not in lean
+  # per layer: q [b, t, h, l], k and v [b, t, hkv, l], the output projection [b, t, d]
+  for shape, count in [((b, t, m.n_heads, m.head_dim), 1), ((b, t, m.n_kv_heads, m.head_dim), 2),
+                       ((b, t, m.d_model), 1)]:
+    assert lean.count(shape) >= count * m.n_layers, shape
 
 
 def test_bfloat16_compute_with_float32_params():

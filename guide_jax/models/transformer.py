@@ -34,6 +34,7 @@ import jax
 import jax.numpy as jnp
 import ml_collections
 from flax import nnx
+from jax.ad_checkpoint import checkpoint_name
 
 from guide_jax import sharding
 
@@ -44,7 +45,19 @@ REMAT_POLICIES = {
     'full': jax.checkpoint_policies.nothing_saveable,
     'dots': jax.checkpoint_policies.dots_with_no_batch_dims_saveable,
     'dots_saveable': jax.checkpoint_policies.dots_saveable,
+    # Keeps the attention's q/k/v and output projections (tagged below); recomputes the
+    # MLP, whose [b, t, mlp] activations are most of what 'dots' keeps (MaxText's policy of
+    # the same name).
+    'save_dot_except_mlp': jax.checkpoint_policies.save_only_these_names(
+        'query_proj', 'key_proj', 'value_proj', 'out_proj'),
 }
+
+
+def scans_layers(cfg: ml_collections.ConfigDict) -> bool:
+  """Whether the forward pass scans over the blocks: `scan_layers`, except on a CPU mesh
+  with `unroll_on_cpu`, where XLA runs the unrolled loop faster. Chosen by the platform the
+  step is compiled for, never forced on accelerators."""
+  return cfg.scan_layers and not (cfg.unroll_on_cpu and sharding.platform() == 'cpu')
 
 
 def _param(key, shape, axes, std, dtype) -> nnx.Param:
@@ -163,7 +176,9 @@ class Attention(nnx.Module):
       q, k = self.q_norm(q), self.k_norm(k)
     if cfg.position == 'rope':
       q, k = apply_rope(q, positions, cfg), apply_rope(k, positions, cfg)
-    return sharding.constrain(q, ('act_batch', 'act_length', 'act_heads', 'act_kv')), k, v
+    q = sharding.constrain(q, ('act_batch', 'act_length', 'act_heads', 'act_kv'))
+    return (checkpoint_name(q, 'query_proj'), checkpoint_name(k, 'key_proj'),
+            checkpoint_name(v, 'value_proj'))
 
   def attend(self, q: Array, *keys: tuple[Array, Array, Array]) -> Array:
     """Output [b, t, d] of queries q over one or more blocks of (keys, values [b, s, hkv, l],
@@ -192,7 +207,7 @@ class Attention(nnx.Module):
     y = _dot(out, self.wo[...], 'bthl,hld->btd', dt)
     if cfg.use_bias:
       y = y + self.bo[...].astype(dt)
-    return y
+    return checkpoint_name(y, 'out_proj')
 
   def __call__(self, u: Array, positions: Array, mask: Array) -> Array:
     q, k, v = self.qkv(u, positions)
@@ -320,10 +335,11 @@ class Transformer(nnx.Module):
     def apply_block(x, layer_state):
       return nnx.merge(graphdef, layer_state)(x, positions, mask), None
 
-    policy = REMAT_POLICIES[cfg.remat]
+    scan = scans_layers(cfg)
     if cfg.remat != 'none':
-      apply_block = jax.checkpoint(apply_block, policy=policy, prevent_cse=not cfg.scan_layers)
-    if cfg.scan_layers:
+      apply_block = jax.checkpoint(apply_block, policy=REMAT_POLICIES[cfg.remat],
+                                   prevent_cse=not scan)
+    if scan:
       x, _ = jax.lax.scan(apply_block, x, state)
     else:
       for i in range(cfg.n_layers):
