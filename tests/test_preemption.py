@@ -35,10 +35,14 @@ def _command(workdir, checkpoint_every):
 
 
 def _reference(tiny_config, tmp_path, checkpoint_every):
+  """The run never stopped, in a fresh process like the interrupted one: an in-process run
+  would share this process's state with every test before it."""
   c = tiny_config
   c.train.steps, c.train.log_every, c.train.eval_every = STEPS, 1, 1000
   c.train.checkpoint_every = checkpoint_every
-  return c, trainer.train(c, tmp_path / 'reference')['params']
+  subprocess.run(_command(tmp_path / 'reference', checkpoint_every), cwd=REPO, env=ENV,
+                 check=True, capture_output=True)
+  return c, _params_of(c, tmp_path / 'reference')
 
 
 def _params_of(config, workdir):
