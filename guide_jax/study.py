@@ -129,7 +129,12 @@ def run_parallel(config, config_path: str, sweep_name: str, study_dir: pathlib.P
     if pretrain is not None and not (teacher_dir / FINAL).exists():
       log(f'teacher -> {teacher_dir} (cores {cpus})')
       children[0] = (start('^$', cpus, teacher_dir / 'study.log'), 'teacher')  # no run
-      if children.pop(0)[0].wait() != 0 or not (teacher_dir / FINAL).exists():
+      code = children[0][0].wait()  # in `children` meanwhile, so SIGTERM reaches it
+      del children[0]
+      if stopping:
+        log('the teacher was interrupted; rerun the same command to resume it')
+        return failed
+      if code != 0 or not (teacher_dir / FINAL).exists():
         return ['teacher']
     while children or (queue and not stopping):
       for slot in range(workers):

@@ -3,6 +3,11 @@
 import json
 import math
 import os
+import signal
+import subprocess
+import sys
+import threading
+import time
 
 import pytest
 
@@ -271,3 +276,24 @@ def test_an_interrupted_teacher_is_not_marked_finished(tmp_path, monkeypatch):
   assert study.run_all(config, str(study_file), 'main', tmp_path, log=logs.append) == []
   assert len(calls) == 1 and not (tmp_path / 'teacher' / 'final.json').exists()
   assert any('teacher was interrupted' in line for line in logs)
+
+
+def test_sigterm_reaches_the_teacher_of_a_parallel_study(tmp_path, monkeypatch):
+  """A preemption notice to `study --parallel` while its teacher trains is passed on to the
+  teacher's process, which checkpoints and exits; the study then stops, failing nothing."""
+  study_file = tmp_path / 'study_miniature.py'
+  study_file.write_text(MINIATURE)
+  config = sweep.load_module(study_file).get_config()
+  real_popen = subprocess.Popen
+  until_sigterm = ('import signal, sys, time; '
+                   'signal.signal(signal.SIGTERM, lambda *_: sys.exit(0)); '
+                   'time.sleep(60); sys.exit(3)')
+  monkeypatch.setattr(study.subprocess, 'Popen',  # the teacher's process, as a stand-in
+                      lambda args, **kw: real_popen([sys.executable, '-c', until_sigterm], **kw))
+  threading.Timer(2.0, os.kill, (os.getpid(), signal.SIGTERM)).start()
+  logs = []
+  start = time.monotonic()
+  assert study.run_parallel(config, str(study_file), 'main', tmp_path, None, '', 2, [],
+                            log=logs.append) == []
+  assert time.monotonic() - start < 30
+  assert logs[0].startswith('teacher ->') and 'teacher was interrupted' in logs[-1]
