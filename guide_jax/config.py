@@ -66,7 +66,7 @@ def model_config() -> ml_collections.ConfigDict:
   m.dtype = 'float32'        # compute dtype of matmuls ('bfloat16': f32 accumulation)
   m.scan_layers = True       # lax.scan over blocks: compile time flat in depth
   m.unroll_on_cpu = True     # but on a CPU mesh, a Python loop over them: XLA:CPU runs the
-                             # scan's body ~1.3x slower (benchmarks/README.md); compile time
+                             # scan's body 1.3-1.45x slower (benchmarks/README.md); compile time
                              # then grows with depth. No effect on TPU/GPU.
   m.remat = 'none'           # rematerialisation: a transformer.REMAT_POLICIES name
   return m
