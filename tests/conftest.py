@@ -1,5 +1,4 @@
-"""8 fake CPU devices before JAX initialises, an isolated tokenizer/token cache, and one
-XLA compilation cache for the session."""
+"""8 fake CPU devices before JAX initialises, and an isolated tokenizer/token cache."""
 
 import json
 import os
@@ -7,14 +6,6 @@ import sys
 import tempfile
 
 os.environ.setdefault('GUIDE_JAX_CACHE', tempfile.mkdtemp(prefix='guide_jax_test_cache_'))
-# Many tests start `python -m guide_jax.*` subprocesses that compile the same tiny programs
-# again (a teacher pretraining, the same student step); the persistent cache, which the
-# subprocesses inherit through the environment, compiles each once a session. Fresh each
-# session, so a test never reads an executable another version of the code compiled.
-os.environ.setdefault('JAX_COMPILATION_CACHE_DIR',
-                      tempfile.mkdtemp(prefix='guide_jax_test_xla_cache_'))
-os.environ.setdefault('JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS', '0')
-os.environ.setdefault('JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES', '0')
 
 from guide_jax import cli  # noqa: E402,F401  (the commands' XLA:CPU flags, here too)
 import jax  # noqa: E402

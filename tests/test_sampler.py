@@ -64,8 +64,9 @@ def greedy_by_full_forward(cfg, params, prompt, n):
   return ids[len(prompt):]
 
 
-@pytest.mark.parametrize('variant,sharded', [
-    ('learned-mha', False), ('learned-mha', True), ('rope-gqa', False), ('rope-gqa', True),
+@pytest.mark.parametrize('variant,sharded', [  # the sharded runs cover the unsharded ones'
+    pytest.param('learned-mha', False, marks=pytest.mark.slow), ('learned-mha', True),
+    pytest.param('rope-gqa', False, marks=pytest.mark.slow), ('rope-gqa', True),
     ('rope-mqa-qk_norm-bias-geglu-offset', False)])
 def test_greedy_equals_argmax_of_full_forward(variant, sharded):
   cfg, params, mesh = placed(variant, sharded)
