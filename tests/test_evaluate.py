@@ -138,6 +138,8 @@ def test_custom_tasks_run_and_loglikelihoods_equal_the_models_scoring(hf_dir, ta
   assert gen['resps'][0][0] == loaded.decode(new).split('\n')[0]
 
 
+# ~60 s; the harness keeps its in-process test (custom tasks, loglikelihoods)
+@pytest.mark.slow
 def test_evaluate_cli_on_a_run_writes_the_results_and_its_own_eval(tiny_config, tasks_dir,
                                                                    tmp_path):
   from guide_jax import config as config_lib

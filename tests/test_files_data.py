@@ -301,6 +301,8 @@ def test_config_errors_exit_2(tmp_path):
   assert 'matches no file' in out.stderr.strip().splitlines()[-1]
 
 
+# ~60 s of compiles; the files backend keeps its in-process tests (prepare, resume, errors)
+@pytest.mark.slow
 def test_cli_guide_student_on_a_jsonl_corpus(tmp_path):
   stdlib = os.path.dirname(json.__file__)
   texts = [open(os.path.join(stdlib, n)).read() for n in sorted(os.listdir(stdlib))

@@ -85,6 +85,8 @@ def test_skip_counts_and_stops_after_too_many_in_a_row(diverging, tmp_path):
   assert skipped[-1] >= 3
 
 
+# ~30 s; the guard keeps its in-process tests (stop, skip, unchanged state)
+@pytest.mark.slow
 def test_a_diverging_command_exits_1_with_one_line(tmp_path):
   env = {k: v for k, v in os.environ.items() if k != 'XLA_FLAGS'}
   r = subprocess.run(

@@ -209,6 +209,8 @@ def get_config():
 ARMS = ('baseline', 'guide_match_kd')
 
 
+# ~60 s; the report and the runner's interruption keep their default tests
+@pytest.mark.slow
 def test_miniature_study_runs_resumes_and_reports(tmp_path):
   study_file = tmp_path / 'study_miniature.py'
   study_file.write_text(MINIATURE)
