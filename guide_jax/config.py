@@ -23,6 +23,11 @@ class ConfigError(ValueError):
 FAMILIES = ('', 'gpt2', 'llama', 'mistral', 'qwen2', 'qwen3', 'gemma')
 
 
+# Model fields that change how a step is computed, not the parameters or their values: a
+# run may resume with them changed (a new remat policy on a bigger slice, say).
+EXECUTION_FIELDS = ('scan_layers', 'unroll_on_cpu', 'remat', 'query_chunks')
+
+
 def complete_model(saved: dict) -> ml_collections.ConfigDict:
   """A model config saved by an older version, with the fields added since at their
   defaults (which reproduce the old architecture)."""
@@ -68,6 +73,9 @@ def model_config() -> ml_collections.ConfigDict:
   m.unroll_on_cpu = True     # but on a CPU mesh, a Python loop over them: XLA:CPU runs the
                              # scan's body 1.3-1.45x slower (benchmarks/README.md); compile time
                              # then grows with depth. No effect on TPU/GPU.
+  m.query_chunks = 0         # causal chunks of a self-attention's queries, each attending
+                             # only the keys up to its end (the same result, fewer FLOPs);
+                             # 0: up to 4 on a CPU mesh, 1 on TPU/GPU (transformer.query_chunks)
   m.remat = 'none'           # rematerialisation: a transformer.REMAT_POLICIES name
   return m
 
@@ -185,6 +193,8 @@ def validate_model(m: ml_collections.ConfigDict, prefix: str = 'model') -> None:
              f'0 < rope_low_freq_factor < rope_high_freq_factor')
   _require(m.sliding_window >= 0, f'{prefix}.sliding_window={m.sliding_window} must be >= 0')
   _require(m.family in FAMILIES, f'{prefix}.family={m.family!r} must be one of {FAMILIES}')
+  _require(m.query_chunks >= 0, f'{prefix}.query_chunks={m.query_chunks} must be >= 0 '
+           '(0: chosen by platform)')
   _require(m.remat in REMAT_POLICIES,
            f"{prefix}.remat={m.remat!r} must be one of {', '.join(REMAT_POLICIES)}")
   for name in ('param_dtype', 'dtype'):

@@ -116,6 +116,29 @@ def test_layers_are_unrolled_on_a_cpu_mesh_only_when_asked(scan_layers, unroll_o
   assert (' scan[' in jaxpr) == scans
 
 
+@pytest.mark.parametrize('overrides', [dict(), dict(position='rope', n_kv_heads=1)])
+def test_causal_query_chunks_equal_one_chunk(overrides):
+  """Uneven chunks (14 queries in 3), packed segments, grouped queries: the logits and
+  gradients of chunked attention equal the unchunked ones."""
+  seg = np.array([[1] * 6 + [2] * 8, [1] * 14])
+  batch = batch_for(np.random.default_rng(5).integers(0, 97, (2, 14)), seg)
+  one, three = small_model(query_chunks=1, **overrides), small_model(query_chunks=3, **overrides)
+  params = transformer.init_params(one, jax.random.key(5))
+  np.testing.assert_allclose(transformer.apply(three, params, batch),
+                             transformer.apply(one, params, batch), atol=1e-5, rtol=1e-5)
+  want = jax.grad(_mean_logit_loss(one, batch))(params)
+  got = jax.grad(_mean_logit_loss(three, batch))(params)
+  jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, atol=1e-5, rtol=1e-5), got, want)
+
+
+def test_query_chunks_are_chosen_by_platform(monkeypatch):
+  auto, fixed = small_model(), small_model(query_chunks=3)
+  assert [transformer.query_chunks(auto, t) for t in (16, 127, 128, 256, 4096)] == [1, 1, 2, 4, 4]
+  assert transformer.query_chunks(fixed, 256) == 3 and transformer.query_chunks(fixed, 2) == 2
+  monkeypatch.setattr(transformer.sharding, 'platform', lambda: 'tpu')
+  assert transformer.query_chunks(auto, 4096) == 1 and transformer.query_chunks(fixed, 256) == 3
+
+
 def _mean_logit_loss(m, batch):
   return lambda params: transformer.apply(m, params, batch).mean()
 

@@ -98,6 +98,24 @@ def test_resuming_a_different_model_is_refused(resume_config, tmp_path):
   assert sorted(os.listdir(tmp_path / 'checkpoints')) == before
 
 
+def test_resume_accepts_older_configs_and_changed_execution_fields(tmp_path):
+  """A checkpoint written before a model field existed resumes (the field at its default);
+  remat, scan and query chunks change how the step runs, not the parameters, so they may
+  change on resume; the vocabulary and the architecture may not."""
+  model = config_lib.model_config()
+  current = {'model': model.to_dict(), 'vocab_size': 4096}
+  older = {k: v for k, v in model.to_dict().items() if k not in ('query_chunks', 'remat')}
+  trainer._check_same_model({'model': older, 'vocab_size': 4096}, current, tmp_path)
+  changed = dict(model.to_dict(), remat='dots', scan_layers=False, query_chunks=2,
+                 unroll_on_cpu=False)
+  trainer._check_same_model({'model': changed, 'vocab_size': 4096}, current, tmp_path)
+  with pytest.raises(config_lib.ConfigError, match='model.mlp_dim=1024 but the checkpoint'):
+    trainer._check_same_model({'model': dict(changed, mlp_dim=512), 'vocab_size': 4096},
+                              current, tmp_path)
+  with pytest.raises(config_lib.ConfigError, match='vocabulary size 4096 differs'):
+    trainer._check_same_model({'model': older, 'vocab_size': 512}, current, tmp_path)
+
+
 def test_corrupted_checkpoint_is_a_clear_error(resume_config, tmp_path):
   trainer.train(resume_config, tmp_path, interrupt_at_step=2)
   state_dir = tmp_path / 'checkpoints' / '2' / 'params'

@@ -60,6 +60,16 @@ def scans_layers(cfg: ml_collections.ConfigDict) -> bool:
   return cfg.scan_layers and not (cfg.unroll_on_cpu and sharding.platform() == 'cpu')
 
 
+def query_chunks(cfg: ml_collections.ConfigDict, t: int) -> int:
+  """How many causal chunks a self-attention over t tokens splits its queries into (see
+  Attention.__call__): `query_chunks` when set; 0 chooses by the platform the step is
+  compiled for: on a CPU mesh up to 4 chunks of at least 64 queries (4 chunks compute 5/8
+  of the scores, and XLA:CPU ran the attention 1.4x faster, benchmarks/README.md), one on
+  accelerators, whose attention this leaves as it was."""
+  n = cfg.query_chunks or (min(4, t // 64) if sharding.platform() == 'cpu' else 1)
+  return max(1, min(n, t))
+
+
 def _param(key, shape, axes, std, dtype) -> nnx.Param:
   """A normally initialised parameter annotated with logical axes."""
   value = std * jax.random.normal(key, shape, dtype) if std else jnp.zeros(shape, dtype)
@@ -184,11 +194,18 @@ class Attention(nnx.Module):
     """Output [b, t, d] of queries q over one or more blocks of (keys, values [b, s, hkv, l],
     mask [b, 1, 1, t, s]): one softmax over all of them. Decoding passes the cache and the
     new tokens as two blocks, so the cache is read in place and never concatenated."""
+    return self.project_out(self.mix(q, *keys))
+
+  def mix(self, q: Array, *keys: tuple[Array, Array, Array]) -> Array:
+    """attend's attention-weighted values [b, t, h, l], before the output projection."""
     cfg, dt = self.cfg, jnp.dtype(self.cfg.dtype)
     b, t, h, l = q.shape
     hkv = keys[0][0].shape[2]
-    q = q.reshape(b, t, hkv, h // hkv, l)
-    logits = [jnp.where(mask, jnp.einsum('btkgl,bskl->bkgts', q, k,
+    # Heads-major operands ([b, hkv, group, t, l] and [b, hkv, s, l]) make both products
+    # plain batched matmuls: XLA:CPU ran the attention 1.3-1.5x faster than with the head
+    # axes between t and l (benchmarks/README.md); accelerators pick layouts themselves.
+    q = q.reshape(b, t, hkv, h // hkv, l).transpose(0, 2, 3, 1, 4)
+    logits = [jnp.where(mask, jnp.einsum('bkgtl,bksl->bkgts', q, k.transpose(0, 2, 1, 3),
                                          preferred_element_type=jnp.float32) / jnp.sqrt(
                                              jnp.float32(l)), jnp.finfo(jnp.float32).min)
               for k, _, mask in keys]
@@ -201,17 +218,32 @@ class Attention(nnx.Module):
       total = functools.reduce(jnp.add, [w.sum(axis=-1, keepdims=True) for w in weights])
       probs = [w / total for w in weights]
     out = functools.reduce(jnp.add, [
-        jnp.einsum('bkgts,bskl->btkgl', p.astype(dt), v, preferred_element_type=jnp.float32)
+        jnp.einsum('bkgts,bksl->bkgtl', p.astype(dt), v.transpose(0, 2, 1, 3),
+                   preferred_element_type=jnp.float32)
         for p, (_, v, _) in zip(probs, keys)])
-    out = out.astype(dt).reshape(b, t, h, l)
+    return out.astype(dt).transpose(0, 3, 1, 2, 4).reshape(b, t, h, l)
+
+  def project_out(self, out: Array) -> Array:
+    """[b, t, h, l] -> [b, t, d] through W_O (and its bias)."""
+    dt = jnp.dtype(self.cfg.dtype)
     y = _dot(out, self.wo[...], 'bthl,hld->btd', dt)
-    if cfg.use_bias:
+    if self.cfg.use_bias:
       y = y + self.bo[...].astype(dt)
     return checkpoint_name(y, 'out_proj')
 
   def __call__(self, u: Array, positions: Array, mask: Array) -> Array:
+    """Causal self-attention of u [b, t, d] under `mask` (attention_mask's: a query never
+    sees a later key), so the queries in [a, e) need only the keys before e: with
+    query_chunks(cfg, t) > 1 each chunk of queries attends its own prefix of the keys, and
+    the masked upper triangle is mostly never computed. Equal to one chunk up to float
+    rounding."""
     q, k, v = self.qkv(u, positions)
-    return self.attend(q, (k, v, mask))
+    t = q.shape[1]
+    n = query_chunks(self.cfg, t)
+    bounds = [round(i * t / n) for i in range(n + 1)]
+    outs = [self.mix(q[:, a:e], (k[:, :e], v[:, :e], mask[..., a:e, :e]))
+            for a, e in zip(bounds, bounds[1:])]
+    return self.project_out(outs[0] if n == 1 else jnp.concatenate(outs, axis=1))
 
 
 GATED_MLPS = {'swiglu': jax.nn.silu, 'geglu': functools.partial(jax.nn.gelu, approximate=True)}

@@ -341,10 +341,11 @@ def _teacher_evals(cfg, teacher, m, data, mesh, rules) -> dict[str, float]:
 
 def _check_same_model(saved: dict, current: dict, where: epath.Path) -> None:
   """Refuse to resume a checkpoint of another model or vocabulary (nothing is overwritten)."""
+  stored = config_lib.complete_model(saved['model'])  # fields added since at their defaults
   for key, value in current['model'].items():
-    if saved['model'].get(key) != value:
+    if key not in config_lib.EXECUTION_FIELDS and stored.get(key) != value:
       raise ConfigError(f'model.{key}={value!r} but the checkpoint {where} was written with '
-                        f'{saved["model"].get(key)!r}; use a new --workdir or restore that value')
+                        f'{stored.get(key)!r}; use a new --workdir or restore that value')
   if saved.get('vocab_size') != current['vocab_size']:
     raise ConfigError(f'vocabulary size {current["vocab_size"]} differs from the checkpoint '
                       f'{where} ({saved.get("vocab_size")}); use a new --workdir')
