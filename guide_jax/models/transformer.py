@@ -198,7 +198,7 @@ class Attention(nnx.Module):
 
   def mix(self, q: Array, *keys: tuple[Array, Array, Array]) -> Array:
     """attend's attention-weighted values [b, t, h, l], before the output projection."""
-    cfg, dt = self.cfg, jnp.dtype(self.cfg.dtype)
+    dt = jnp.dtype(self.cfg.dtype)
     b, t, h, l = q.shape
     hkv = keys[0][0].shape[2]
     # Heads-major operands ([b, hkv, group, t, l] and [b, hkv, s, l]) make both products
