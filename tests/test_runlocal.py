@@ -25,9 +25,8 @@ def _main(*args):
   return r, time.perf_counter() - start
 
 
-@pytest.mark.parametrize('name', [
-    'guide_1b', pytest.param('guide_400m', marks=pytest.mark.slow)])  # the same code path
-def test_runlocal_keeps_the_architecture_and_runs(name, tmp_path):
+@pytest.mark.parametrize('name', ['guide_1b', 'guide_400m'])
+def test_runlocal_keeps_the_architecture(name):
   full = config_lib.load_experiment_module(name).get_config()
   local = config_lib.load_experiment_module(name).get_config('runlocal')
   teacher = local.teacher.pretrain
@@ -39,6 +38,12 @@ def test_runlocal_keeps_the_architecture_and_runs(name, tmp_path):
   assert local.mesh == full.mesh and local.teacher.dtype == full.teacher.dtype
   assert local.model.d_model < teacher.model.d_model and local.model.n_layers < teacher.model.n_layers
 
+
+# ~60 s each (a teacher and a student compiled and trained in a subprocess); the same
+# trainer path runs by default in test_distill and test_hf's end-to-end test.
+@pytest.mark.slow
+@pytest.mark.parametrize('name', ['guide_1b', 'guide_400m'])
+def test_runlocal_runs(name, tmp_path):
   work = tmp_path / 'run'
   r, seconds = _main(f'--config=experiments/{name}.py:runlocal', f'--workdir={work}',
                      '--config.train.progress_bar=False',
