@@ -145,7 +145,6 @@ def summarize(study: dict) -> dict:
              'tokens': next(iter(seeds.values()))['final']['tokens']}
     if closures and None not in closures:
       entry['gap_closure_mean'], entry['gap_closure_std'] = _mean_std(closures)
-    if closures and None not in closures:
       entry['gap_closure_ci95'] = list(ci95(closures)[1:])
     bits = [r['final'].get('eval/bits_per_byte') for r in seeds.values()]
     entry['bits_per_byte_mean'] = statistics.fmean(bits) if None not in bits else None
@@ -326,9 +325,7 @@ def markdown(study: dict, summary: dict, title: str) -> str:
     for arm, curve in curves.items():
       cells = [curve[0] if curve[0]['tokens'] == 0 else None,
                *(at_fraction(curve, f) for f in MILESTONES)]
-      lines.append(f'| {arm} | ' + ' | '.join(
-          '—' if p is None else f'{p["mean"]:.1%} [{p["ci95"][0]:.1%}, {p["ci95"][1]:.1%}]'
-          for p in cells) + ' |')
+      lines.append(f'| {arm} | ' + ' | '.join(_closure_cell(p) for p in cells) + ' |')
   regime = [(name, summary.get(key)) for name, key in (
       ('teacher: held-out loss fell over the last quarter of its training by',
        'teacher_last_quarter_improvement'),
@@ -346,6 +343,15 @@ def markdown(study: dict, summary: dict, title: str) -> str:
               f'over {v["seeds"]} seeds: **{v["verdict"]}**' for v in summary['verdicts']]
   lines += ['', '![eval loss](loss_curves.png)', '', '![gap closure](gap_closure.png)', '']
   return '\n'.join(lines)
+
+
+def _closure_cell(point: dict | None) -> str:
+  """'mean [lo, hi]'; one seed has no interval, so it shows the mean alone."""
+  if point is None:
+    return '—'
+  if point['seeds'] < 2:
+    return f'{point["mean"]:.1%} (1 seed)'
+  return f'{point["mean"]:.1%} [{point["ci95"][0]:.1%}, {point["ci95"][1]:.1%}]'
 
 
 def _eval_split(study: dict) -> str:

@@ -170,9 +170,12 @@ def test_report_closure_against_tokens_with_intervals_and_verdicts(tmp_path):
   text = (tmp_path / 'report.md').read_text()
   assert '| guide | 5.5% [' in text and '**not resolvable at this precision**' in text
   # One seed gives no interval: every claim is then unresolvable, whatever its value.
-  one = report.verdicts({'arms': {a: {'seed0': r['seed0']} for a, r in
-                                  report.load_study(tmp_path)['arms'].items()}}, teacher)
-  assert {v['verdict'] for v in one} == {'not resolvable at this precision'}
+  study = report.load_study(tmp_path)
+  study['arms'] = {a: {'seed0': r['seed0']} for a, r in study['arms'].items()}
+  one = report.summarize(study)
+  assert {v['verdict'] for v in one['verdicts']} == {'not resolvable at this precision'}
+  one_text = report.markdown(study, one, 'one seed')
+  assert '| guide | 5.0% (1 seed) |' in one_text and '[5.0%, 5.0%]' not in one_text
   assert 'held-out loss fell over the last quarter of its training by 0.99%' in text
 
 
