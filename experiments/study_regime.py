@@ -21,6 +21,8 @@ memorise). Every student trains for STUDENT_STEPS x 2,048 = 4.9M tokens, 57 a pa
 a cosine schedule to 10% of the peak, and evaluates at step 0 so the curves show the head
 start.
 
+Results (all 15 runs, 2026-11-28): results/regime_study/README.md.
+
 The sweep is plain data (`get_sweep`), as in study_cpu.py; a seed changes the student's
 init and its data order, the teacher is shared. The runner skips finished runs and resumes
 an interrupted one from its checkpoint, so the study continues across sessions.
