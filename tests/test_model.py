@@ -123,10 +123,10 @@ def test_causal_query_chunks_equal_one_chunk():
   batch = batch_for(np.random.default_rng(5).integers(0, 97, (2, 14)), seg)
   one, three = small_model(query_chunks=1), small_model(query_chunks=3)
   params = transformer.init_params(one, jax.random.key(5))
-  np.testing.assert_allclose(transformer.apply(three, params, batch),
-                             transformer.apply(one, params, batch), atol=1e-5, rtol=1e-5)
-  want = jax.grad(_mean_logit_loss(one, batch))(params)
-  got = jax.grad(_mean_logit_loss(three, batch))(params)
+  logits = lambda m: jax.jit(lambda p: transformer.apply(m, p, batch))(params)
+  np.testing.assert_allclose(logits(three), logits(one), atol=1e-5, rtol=1e-5)
+  want = jax.jit(jax.grad(_mean_logit_loss(one, batch)))(params)
+  got = jax.jit(jax.grad(_mean_logit_loss(three, batch)))(params)
   jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, atol=1e-5, rtol=1e-5), got, want)
 
 
@@ -147,8 +147,8 @@ def test_remat_policies_keep_the_gradients(remat):
   m = small_model()
   params = transformer.init_params(m, jax.random.key(4))
   batch = batch_for(np.random.default_rng(4).integers(0, m.vocab_size, (2, 10)))
-  want = jax.grad(_mean_logit_loss(m, batch))(params)
-  got = jax.grad(_mean_logit_loss(small_model(remat=remat), batch))(params)
+  want = jax.jit(jax.grad(_mean_logit_loss(m, batch)))(params)
+  got = jax.jit(jax.grad(_mean_logit_loss(small_model(remat=remat), batch)))(params)
   jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, atol=1e-5, rtol=1e-5), got, want)
 
 
