@@ -295,7 +295,7 @@ def markdown(study: dict, summary: dict, title: str) -> str:
                  f'{fmt(s["eval_loss_mean"], None if one else s["eval_loss_std"])} | '
                  f'{fmt(s.get("bits_per_byte_mean"), None)} | {s["ppl_mean"]:.2f} | '
                  f'{fmt(s["gap_closure_mean"], None if one else s["gap_closure_std"], True)} | '
-                 + (f'[{s["gap_closure_ci95"][0]:.1%}, {s["gap_closure_ci95"][1]:.1%}] |'
+                 + (f'{_interval(s["gap_closure_ci95"])} |'
                     if 'gap_closure_ci95' in s and not one else '— |'))
   lines += ['', '| arm | what it sets (besides train.seed, data.seed) |', '|---|---|']
   for arm, seeds in study['arms'].items():
@@ -351,7 +351,11 @@ def _closure_cell(point: dict | None) -> str:
     return '—'
   if point['seeds'] < 2:
     return f'{point["mean"]:.1%} (1 seed)'
-  return f'{point["mean"]:.1%} [{point["ci95"][0]:.1%}, {point["ci95"][1]:.1%}]'
+  return f'{point["mean"]:.1%} {_interval(point["ci95"])}'
+
+
+def _interval(ci95: list[float]) -> str:
+  return f'[{ci95[0]:.1%}, {ci95[1]:.1%}]'
 
 
 def _eval_split(study: dict) -> str:
