@@ -17,7 +17,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from guide_jax.models import transformer
+from guide_jax.models import attention
 
 B, S, L = 16, 256, 64
 
@@ -51,7 +51,7 @@ def chunked(n):
 def main(heads: int, rounds: int) -> None:
   x = np.random.default_rng(0).standard_normal((B, S, heads, L)).astype(np.float32)
   q = jnp.asarray(x)
-  mask = transformer.attention_mask(jnp.zeros((B, S), jnp.int32))
+  mask = attention.attention_mask(jnp.zeros((B, S), jnp.int32))
   variants = {'before': before, 'heads-major': heads_major,
               'heads-major, 2 chunks': chunked(2), 'heads-major, 4 chunks': chunked(4)}
   reference = before(q, q * 0.5, q * 2.0, mask)

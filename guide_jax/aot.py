@@ -163,7 +163,7 @@ def report(cfg, module, topology: str, whole_step: bool = True) -> dict:
 
   generation, chips = parse_topology(topology)
   devices = topologies.get_topology_desc(platform='tpu', topology_name=topology).devices
-  config_lib.validate(cfg, len(devices))
+  config_lib.validate(cfg, len(devices), platform='tpu')
   chip = CHIPS[generation]
   per_chip = len(devices) // chips  # v4 exposes both TensorCores of a chip as devices
   hbm, peak, bandwidth = (chip.hbm_bytes / per_chip, chip.peak_flops / per_chip,

@@ -92,7 +92,7 @@ def run_arms(cfg, rounds: int, arms: list[str], log=print, peer=None) -> dict:
   from guide_jax.train import flops, optimizer, steps
   from guide_jax.train import teacher as teacher_lib
 
-  config_lib.validate(cfg, jax.device_count(), jax.process_count())
+  config_lib.validate(cfg, jax.device_count(), jax.process_count(), jax.default_backend())
   t_model = teacher_lib.runtime_model(teacher_lib.model_config(cfg), cfg.teacher.dtype)
   s_model = cfg.model
   guide.check_compatible(t_model, s_model, cfg.guide)

@@ -10,6 +10,7 @@ from __future__ import annotations
 import ml_collections
 
 from guide_jax import sharding
+from guide_jax.models import attention
 from guide_jax.models.transformer import REMAT_POLICIES
 from guide_jax.data import sources
 from guide_jax.losses import loss_config
@@ -25,7 +26,8 @@ FAMILIES = ('', 'gpt2', 'llama', 'mistral', 'qwen2', 'qwen3', 'gemma')
 
 # Model fields that change how a step is computed, not the parameters or their values: a
 # run may resume with them changed (a new remat policy on a bigger slice, say).
-EXECUTION_FIELDS = ('scan_layers', 'unroll_on_cpu', 'remat', 'query_chunks')
+EXECUTION_FIELDS = ('scan_layers', 'unroll_on_cpu', 'remat', 'query_chunks', 'attention_kernel',
+                    'splash_block_q', 'splash_block_kv')
 
 
 def complete_model(saved: dict) -> ml_collections.ConfigDict:
@@ -62,8 +64,10 @@ def model_config() -> ml_collections.ConfigDict:
   m.rope_low_freq_factor = 1.0     # llama3: wavelengths > original/low are scaled fully
   m.rope_high_freq_factor = 4.0    # llama3: wavelengths < original/high are kept
   m.rope_original_max_len = 8192   # llama3: the context the frequencies were trained for
-  m.sliding_window = 0       # attention window (Mistral); 0 = none. Sequences longer than
-                             # the window are refused, not computed with full attention
+  m.sliding_window = 0       # attention window w (Mistral): query i sees keys i-w+1..i;
+                             # 0 = none. Computed by every kernel; the KV-cache sampler
+                             # still refuses sequences longer than the window
+  m.attn_logit_softcap = 0.0 # c > 0: attention logits -> c * tanh(logits / c) (Gemma 2)
   m.family = ''              # Hugging Face family ('gpt2', 'llama', 'mistral', 'qwen2',
                              # 'qwen3', 'gemma') the model follows; '' = native (export infers)
   m.init_std = 0.02          # std of the normal init (output projections scaled by depth)
@@ -77,6 +81,13 @@ def model_config() -> ml_collections.ConfigDict:
                              # only the keys up to its end (the same result, fewer FLOPs);
                              # 0: up to 4 on a CPU mesh, 1 on TPU/GPU (transformer.query_chunks)
   m.remat = 'none'           # rematerialisation: a transformer.REMAT_POLICIES name
+  m.attention_kernel = 'auto'  # 'auto', 'xla', 'splash' (TPU Pallas), 'cudnn' (GPU). auto:
+                             # splash on TPU, cuDNN on GPU where dtype and shapes allow
+                             # (else xla, with a logged reason), xla on CPU (models/attention.py)
+  m.splash_block_q = 512     # splash query block (forward and backward); min(block, seq_len)
+                             # must divide the sequence
+  m.splash_block_kv = 512    # splash key/value block; min(block, seq_len) must divide the
+                             # sequence and be a multiple of 128
   return m
 
 
@@ -192,6 +203,13 @@ def validate_model(m: ml_collections.ConfigDict, prefix: str = 'model') -> None:
              f'{prefix}.rope_scaling_factor/rope_original_max_len must be positive and '
              f'0 < rope_low_freq_factor < rope_high_freq_factor')
   _require(m.sliding_window >= 0, f'{prefix}.sliding_window={m.sliding_window} must be >= 0')
+  _require(m.attn_logit_softcap >= 0,
+           f'{prefix}.attn_logit_softcap={m.attn_logit_softcap} must be >= 0 (0 = off)')
+  _require(m.attention_kernel in attention.KERNELS,
+           f'{prefix}.attention_kernel={m.attention_kernel!r} must be one of '
+           f'{attention.KERNELS}')
+  for name in ('splash_block_q', 'splash_block_kv'):
+    _require(m[name] > 0, f'{prefix}.{name}={m[name]} must be positive')
   _require(m.family in FAMILIES, f'{prefix}.family={m.family!r} must be one of {FAMILIES}')
   _require(m.query_chunks >= 0, f'{prefix}.query_chunks={m.query_chunks} must be >= 0 '
            '(0: chosen by platform)')
@@ -202,9 +220,23 @@ def validate_model(m: ml_collections.ConfigDict, prefix: str = 'model') -> None:
              f"{prefix}.{name}={m[name]!r} must be 'float32' or 'bfloat16'")
 
 
-def validate(c: ml_collections.ConfigDict, num_devices: int, num_processes: int = 1) -> None:
-  """Raise ConfigError for a config that cannot work on `num_devices` devices."""
+def validate_kernel(m: ml_collections.ConfigDict, seq_len: int, platform: str,
+                    prefix: str = 'model') -> None:
+  """The attention kernel `m` asks for can run seq_len tokens on `platform` (the devices'
+  'cpu', 'gpu' or 'tpu'); 'auto' always can (it falls back to xla)."""
+  try:
+    attention.choose(m, seq_len, platform)
+  except attention.AttentionError as e:
+    raise ConfigError(str(e).replace('model.', f'{prefix}.')) from None
+
+
+def validate(c: ml_collections.ConfigDict, num_devices: int, num_processes: int = 1,
+             platform: str | None = None) -> None:
+  """Raise ConfigError for a config that cannot work on `num_devices` devices of
+  `platform` (checks that depend on it are skipped when None)."""
   validate_model(c.model)
+  if platform:
+    validate_kernel(c.model, c.data.seq_len, platform)
   d, t = c.data, c.train
   _require(d.backend in ('embedded', 'files', 'synthetic', 'seqio'),
            f"data.backend={d.backend!r} must be 'embedded', 'files', 'synthetic' or 'seqio'")
@@ -230,10 +262,6 @@ def validate(c: ml_collections.ConfigDict, num_devices: int, num_processes: int 
   _require(c.model.max_len >= d.seq_len,
            f'model.max_len={c.model.max_len} is smaller than data.seq_len={d.seq_len}; '
            f'raise model.max_len or lower data.seq_len')
-  _require(not c.model.sliding_window or d.seq_len <= c.model.sliding_window,
-           f'data.seq_len={d.seq_len} exceeds model.sliding_window={c.model.sliding_window} '
-           f'(sliding-window attention is not implemented); lower data.seq_len to at most '
-           f'the window')
   _require(d.global_batch_size > 0, f'data.global_batch_size={d.global_batch_size} must be positive')
   _require(0 < d.validation_percent < 100,
            f'data.validation_percent={d.validation_percent} must be in (0, 100)')

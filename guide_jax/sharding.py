@@ -144,9 +144,14 @@ def use_rules(rules):
     _ACTIVE.rules = previous
 
 
+def active_rules():
+  """The rules of the innermost `use_rules`, or None outside one."""
+  return getattr(_ACTIVE, 'rules', None)
+
+
 def constrain(x: jax.Array, axes: Sequence[str]) -> jax.Array:
   """with_sharding_constraint by logical names; a no-op with no mesh or no rules active."""
-  rules = getattr(_ACTIVE, 'rules', None)
+  rules = active_rules()
   mesh = jax.sharding.get_abstract_mesh()
   if rules is None or mesh.empty:
     return x

@@ -74,9 +74,8 @@ def test_residual_after_block0_attention_is_teacher_times_m(position, kv, mlp):
   T, S = transformer.bind(t, tp), transformer.bind(s, sp)
   x0_t, x0_s = T.embed_inputs(tokens, pos), S.embed_inputs(tokens, pos)
   np.testing.assert_allclose(x0_s, x0_t @ m, atol=1e-5, rtol=1e-5)
-  mask = transformer.attention_mask(seg)
-  r_t = T.layer(0).attention_residual(x0_t @ m @ m.T, pos, mask)
-  r_s = S.layer(0).attention_residual(x0_s, pos, mask)
+  r_t = T.layer(0).attention_residual(x0_t @ m @ m.T, pos, seg)
+  r_s = S.layer(0).attention_residual(x0_s, pos, seg)
   assert float(jnp.abs(r_t - x0_t @ m @ m.T).max()) > 1e-2  # attention wrote something
   np.testing.assert_allclose(r_s, r_t @ m, atol=1e-4, rtol=1e-4)
 

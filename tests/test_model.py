@@ -9,7 +9,7 @@ import pytest
 from jax.ad_checkpoint import print_saved_residuals
 
 from guide_jax import config as config_lib
-from guide_jax.models import transformer
+from guide_jax.models import attention, transformer
 
 
 def small_model(**overrides):
@@ -132,10 +132,10 @@ def test_causal_query_chunks_equal_one_chunk():
 
 def test_query_chunks_are_chosen_by_platform(monkeypatch):
   auto, fixed = small_model(), small_model(query_chunks=3)
-  assert [transformer.query_chunks(auto, t) for t in (16, 127, 128, 256, 4096)] == [1, 1, 2, 4, 4]
-  assert transformer.query_chunks(fixed, 256) == 3 and transformer.query_chunks(fixed, 2) == 2
-  monkeypatch.setattr(transformer.sharding, 'platform', lambda: 'tpu')
-  assert transformer.query_chunks(auto, 4096) == 1 and transformer.query_chunks(fixed, 256) == 3
+  assert [attention.query_chunks(auto, t) for t in (16, 127, 128, 256, 4096)] == [1, 1, 2, 4, 4]
+  assert attention.query_chunks(fixed, 256) == 3 and attention.query_chunks(fixed, 2) == 2
+  monkeypatch.setattr(attention.sharding, 'platform', lambda: 'tpu')
+  assert attention.query_chunks(auto, 4096) == 1 and attention.query_chunks(fixed, 256) == 3
 
 
 def _mean_logit_loss(m, batch):

@@ -10,8 +10,9 @@ Shapes (d = d_model, h = n_heads, h_kv = n_kv_heads, l = head_dim, f = mlp_dim):
 
 The family features of Hugging Face checkpoints are config fields (config.model_config):
 norm gain offset (Gemma's 1 + w), per-head q/k RMSNorm (Qwen3), q/k/v-only biases (Qwen2),
-gated GELU (Gemma), Llama 3 RoPE frequency scaling, and a sliding-window bound (Mistral:
-refused in validation when a sequence would exceed it, never silently ignored).
+gated GELU (Gemma), Llama 3 RoPE frequency scaling, a sliding attention window (Mistral) and
+an attention logit soft-cap (Gemma 2). Self-attention runs through `attention.py`, which
+picks the kernel (XLA, Pallas splash on TPU, cuDNN on GPU; `model.attention_kernel`).
 
 Block parameters are always stacked along a leading `layers` axis, whether or not the
 forward pass scans over them: one layout for checkpoints and for GUIDE, whose code reads
@@ -37,6 +38,7 @@ from flax import nnx
 from jax.ad_checkpoint import checkpoint_name
 
 from guide_jax import sharding
+from guide_jax.models import attention
 
 Array = jax.Array
 
@@ -58,16 +60,6 @@ def scans_layers(cfg: ml_collections.ConfigDict) -> bool:
   with `unroll_on_cpu`, where XLA runs the unrolled loop faster. Chosen by the platform the
   step is compiled for, never forced on accelerators."""
   return cfg.scan_layers and not (cfg.unroll_on_cpu and sharding.platform() == 'cpu')
-
-
-def query_chunks(cfg: ml_collections.ConfigDict, t: int) -> int:
-  """How many causal chunks a self-attention over t tokens splits its queries into (see
-  Attention.__call__): `query_chunks` when set; 0 chooses by the platform the step is
-  compiled for: on a CPU mesh up to 4 chunks of at least 64 queries (4 chunks compute 5/8
-  of the scores, and XLA:CPU ran the attention 1.4x faster, benchmarks/README.md), one on
-  accelerators, whose attention this leaves as it was."""
-  n = cfg.query_chunks or (min(4, t // 64) if sharding.platform() == 'cpu' else 1)
-  return max(1, min(n, t))
 
 
 def _param(key, shape, axes, std, dtype) -> nnx.Param:
@@ -141,14 +133,6 @@ def apply_rope(x: Array, positions: Array, cfg: ml_collections.ConfigDict) -> Ar
   return out.astype(x.dtype)
 
 
-def attention_mask(segment_ids: Array) -> Array:
-  """[b, 1, 1, t, s] boolean: causal and within the same packed segment."""
-  t = segment_ids.shape[1]
-  causal = jnp.tril(jnp.ones((t, t), dtype=jnp.bool_))
-  same = segment_ids[:, :, None] == segment_ids[:, None, :]
-  return (causal[None] & same)[:, None, None]
-
-
 class Attention(nnx.Module):
   """Grouped-query attention with optional RoPE; weights in [d, heads, head_dim] layout."""
 
@@ -190,38 +174,11 @@ class Attention(nnx.Module):
     return (checkpoint_name(q, 'query_proj'), checkpoint_name(k, 'key_proj'),
             checkpoint_name(v, 'value_proj'))
 
-  def attend(self, q: Array, *keys: tuple[Array, Array, Array]) -> Array:
+  def attend(self, q: Array, *blocks: tuple[Array, Array, Array]) -> Array:
     """Output [b, t, d] of queries q over one or more blocks of (keys, values [b, s, hkv, l],
-    mask [b, 1, 1, t, s]): one softmax over all of them. Decoding passes the cache and the
-    new tokens as two blocks, so the cache is read in place and never concatenated."""
-    return self.project_out(self.mix(q, *keys))
-
-  def mix(self, q: Array, *keys: tuple[Array, Array, Array]) -> Array:
-    """attend's attention-weighted values [b, t, h, l], before the output projection."""
-    dt = jnp.dtype(self.cfg.dtype)
-    b, t, h, l = q.shape
-    hkv = keys[0][0].shape[2]
-    # Heads-major operands ([b, hkv, group, t, l] and [b, hkv, s, l]) make both products
-    # plain batched matmuls: XLA:CPU ran the attention 1.3-1.5x faster than with the head
-    # axes between t and l (benchmarks/README.md); accelerators pick layouts themselves.
-    q = q.reshape(b, t, hkv, h // hkv, l).transpose(0, 2, 3, 1, 4)
-    logits = [jnp.where(mask, jnp.einsum('bkgtl,bksl->bkgts', q, k.transpose(0, 2, 1, 3),
-                                         preferred_element_type=jnp.float32) / jnp.sqrt(
-                                             jnp.float32(l)), jnp.finfo(jnp.float32).min)
-              for k, _, mask in keys]
-    if len(keys) == 1:
-      probs = [jax.nn.softmax(logits[0], axis=-1)]
-    else:  # the softmax over the blocks' keys together
-      top = jax.lax.stop_gradient(functools.reduce(
-          jnp.maximum, [x.max(axis=-1, keepdims=True) for x in logits]))
-      weights = [jnp.exp(x - top) for x in logits]
-      total = functools.reduce(jnp.add, [w.sum(axis=-1, keepdims=True) for w in weights])
-      probs = [w / total for w in weights]
-    out = functools.reduce(jnp.add, [
-        jnp.einsum('bkgts,bksl->bkgtl', p.astype(dt), v.transpose(0, 2, 1, 3),
-                   preferred_element_type=jnp.float32)
-        for p, (_, v, _) in zip(probs, keys)])
-    return out.astype(dt).transpose(0, 3, 1, 2, 4).reshape(b, t, h, l)
+    mask [b, 1, 1, t, s]) with one softmax (attention.xla_attention): the KV-cache path."""
+    return self.project_out(attention.xla_attention(q, *blocks,
+                                                    cap=self.cfg.attn_logit_softcap))
 
   def project_out(self, out: Array) -> Array:
     """[b, t, h, l] -> [b, t, d] through W_O (and its bias)."""
@@ -231,19 +188,11 @@ class Attention(nnx.Module):
       y = y + self.bo[...].astype(dt)
     return checkpoint_name(y, 'out_proj')
 
-  def __call__(self, u: Array, positions: Array, mask: Array) -> Array:
-    """Causal self-attention of u [b, t, d] under `mask` (attention_mask's: a query never
-    sees a later key), so the queries in [a, e) need only the keys before e: with
-    query_chunks(cfg, t) > 1 each chunk of queries attends its own prefix of the keys, and
-    the masked upper triangle is mostly never computed. Equal to one chunk up to float
-    rounding."""
+  def __call__(self, u: Array, positions: Array, segment_ids: Array) -> Array:
+    """Causal self-attention of u [b, t, d] within its packed segments, by the kernel
+    attention.choose picks (model.attention_kernel)."""
     q, k, v = self.qkv(u, positions)
-    t = q.shape[1]
-    n = query_chunks(self.cfg, t)
-    bounds = [round(i * t / n) for i in range(n + 1)]
-    outs = [self.mix(q[:, a:e], (k[:, :e], v[:, :e], mask[..., a:e, :e]))
-            for a, e in zip(bounds, bounds[1:])]
-    return self.project_out(outs[0] if n == 1 else jnp.concatenate(outs, axis=1))
+    return self.project_out(attention.self_attention(q, k, v, segment_ids, self.cfg))
 
 
 GATED_MLPS = {'swiglu': jax.nn.silu, 'geglu': functools.partial(jax.nn.gelu, approximate=True)}
@@ -296,11 +245,11 @@ class Block(nnx.Module):
     self.norm2 = Norm(cfg)
     self.mlp = MLP(cfg, rngs=rngs)
 
-  def attention_residual(self, x, positions, mask):
-    return x + self.attn(self.norm1(x), positions, mask)
+  def attention_residual(self, x, positions, segment_ids):
+    return x + self.attn(self.norm1(x), positions, segment_ids)
 
-  def __call__(self, x, positions, mask):
-    x = self.attention_residual(x, positions, mask)
+  def __call__(self, x, positions, segment_ids):
+    x = self.attention_residual(x, positions, segment_ids)
     return self.mlp_residual(x)
 
   def mlp_residual(self, x):
@@ -361,11 +310,10 @@ class Transformer(nnx.Module):
     """Final-normed residual stream [b, t, d]: what the output layer reads."""
     cfg = self.cfg
     x = self.embed_inputs(tokens, positions)
-    mask = attention_mask(segment_ids)
     graphdef, state = nnx.split(self.blocks)
 
     def apply_block(x, layer_state):
-      return nnx.merge(graphdef, layer_state)(x, positions, mask), None
+      return nnx.merge(graphdef, layer_state)(x, positions, segment_ids), None
 
     scan = scans_layers(cfg)
     if cfg.remat != 'none':

@@ -175,11 +175,6 @@ def check_vocabulary(cfg: ml_collections.ConfigDict, teacher: Teacher) -> None:
 
 def check_sequence(cfg: ml_collections.ConfigDict, teacher: Teacher) -> None:
   """The teacher must see the student's whole sequence as it was trained to."""
-  window = teacher.model.sliding_window
-  if window and cfg.data.seq_len > window:
-    raise config_lib.ConfigError(
-        f'data.seq_len={cfg.data.seq_len} exceeds the teacher\'s sliding_window={window} '
-        f'(sliding-window attention is not implemented); lower data.seq_len to at most {window}')
   if cfg.data.seq_len > teacher.model.max_len:
     raise config_lib.ConfigError(
         f'data.seq_len={cfg.data.seq_len} exceeds the teacher\'s max_len='

@@ -118,18 +118,21 @@ def train(config: ml_collections.ConfigDict, workdir: str | os.PathLike, *,
   #    check sees the real device count; then this machine (remote paths reachable),
   #    the student-teacher pair, and memory. Only then is a teacher to pretrain trained.
   sharding.maybe_initialize_distributed(cfg.distributed)
-  config_lib.validate(cfg, jax.device_count(), jax.process_count())
+  config_lib.validate(cfg, jax.device_count(), jax.process_count(), jax.default_backend())
   preflight.check_remote_paths(cfg, workdir)
   preflight.check_workdir(workdir)
   if distill:
     if cfg.teacher.pretrain:
-      config_lib.validate(cfg.teacher.pretrain, jax.device_count(), jax.process_count())
+      config_lib.validate(cfg.teacher.pretrain, jax.device_count(), jax.process_count(),
+                          jax.default_backend())
     try:
       losses.DistillLoss(cfg.loss, cfg.train.steps)
     except ValueError as e:
       raise ConfigError(str(e)) from None
     # The pair is checked against the teacher's architecture before a teacher is trained.
     teacher_model = teacher_lib.model_config(cfg)
+    config_lib.validate_kernel(teacher_model, cfg.data.seq_len, jax.default_backend(),
+                               'teacher model')
     try:
       guide.check_compatible(teacher_model, cfg.model, cfg.guide)
     except guide.GuideError as e:
