@@ -227,7 +227,8 @@ def fused_sdpa(q: Array, k: Array, v: Array, segment_ids: Array,
 def _splash_kernel(heads: int, t: int, window: int, cap: float, block_q: int,
                    block_kv: int, interpret: bool):
   """One splash kernel per shape and setting: the mask's block structure is computed here,
-  once, on the host (lazy masks: never a [t, t] array)."""
+  once, on the host (lazy masks: never a [t, t] array), into concrete arrays even when
+  first asked for inside a trace, so the cached kernel never holds a tracer."""
   from jax.experimental.pallas.ops.tpu import splash_attention as splash
   mask = (splash.LocalMask((t, t), (window - 1, 0), offset=0) if window
           else splash.CausalMask((t, t)))
@@ -235,9 +236,10 @@ def _splash_kernel(heads: int, t: int, window: int, cap: float, block_q: int,
   blocks = splash.BlockSizes(block_q=bq, block_kv=bkv, block_kv_compute=bkv,
                              block_q_dkv=bq, block_kv_dkv=bkv, block_kv_dkv_compute=bkv,
                              block_q_dq=bq, block_kv_dq=bkv)
-  return splash.make_splash_mha(splash.MultiHeadMask([mask] * heads), block_sizes=blocks,
-                                head_shards=1, q_seq_shards=1,
-                                attn_logits_soft_cap=cap or None, interpret=interpret)
+  with jax.ensure_compile_time_eval():
+    return splash.make_splash_mha(splash.MultiHeadMask([mask] * heads), block_sizes=blocks,
+                                  head_shards=1, q_seq_shards=1,
+                                  attn_logits_soft_cap=cap or None, interpret=interpret)
 
 
 def _spec(axes, x, mesh, rules) -> PartitionSpec:
