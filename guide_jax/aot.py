@@ -153,8 +153,11 @@ def whole_step_cost(cfg, t_model, devices) -> tuple[float, float]:
   return float(total[0] * accum), float(total[1] * accum)
 
 
-def report(cfg, module, topology: str, whole_step: bool = True) -> dict:
-  """Compile for `topology` and return the per-chip numbers (see the module docstring)."""
+def report(cfg, module, topology: str, whole_step: bool = True,
+           attention_kernel: str = '') -> dict:
+  """Compile for `topology` and return the per-chip numbers (see the module docstring).
+  `attention_kernel` (e.g. 'xla' against 'splash') overrides the student's and the
+  teacher's model.attention_kernel; '' keeps what they say."""
   for key, value in QUIET_LIBTPU.items():
     os.environ.setdefault(key, value)
   from jax.experimental import topologies
@@ -170,6 +173,12 @@ def report(cfg, module, topology: str, whole_step: bool = True) -> dict:
                           chip.hbm_bandwidth / per_chip)
   from guide_jax.train import teacher as teacher_lib
   t_model = teacher_lib.model_config(cfg, module)
+  if attention_kernel:
+    cfg = cfg.copy_and_resolve_references()
+    t_model = t_model.copy_and_resolve_references()
+    cfg.model.attention_kernel = t_model.attention_kernel = attention_kernel
+  config_lib.validate_kernel(cfg.model, cfg.data.seq_len, 'tpu')
+  config_lib.validate_kernel(t_model, cfg.data.seq_len, 'tpu', 'teacher model')
   compiled, compile_s = compile_step(cfg, t_model, devices)
   mem = compiled.memory_analysis()
   total = (mem.argument_size_in_bytes + mem.output_size_in_bytes + mem.temp_size_in_bytes
@@ -192,8 +201,12 @@ def report(cfg, module, topology: str, whole_step: bool = True) -> dict:
   compute_s = max(flops_per_device, step_flops) / peak
   memory_s = step_bytes / bandwidth
   roofline_s = max(compute_s, memory_s)
+  from guide_jax.models import attention
   return {
       'topology': topology, 'devices': len(devices), 'device_kind': devices[0].device_kind,
+      # the kernels the step's self-attentions run (model.attention_kernel, resolved)
+      'attention_kernel': attention.choose(cfg.model, cfg.data.seq_len, 'tpu'),
+      'teacher_attention_kernel': attention.choose(t_model, cfg.data.seq_len, 'tpu'),
       'compile_s': compile_s,
       'per_device': {'argument_bytes': mem.argument_size_in_bytes,
                      'output_bytes': mem.output_size_in_bytes,
@@ -235,6 +248,9 @@ def define_flags() -> None:
   flags.DEFINE_string('topology', '', "e.g. v5p:4x4x4; default: the config's `topology`.")
   flags.DEFINE_bool('whole_step', True, "Roofline with the whole step's XLA FLOPs and bytes "
                     '(three more small compiles); false: model FLOPs only, a compute bound.')
+  flags.DEFINE_enum('attention_kernel', '', ['', 'auto', 'xla', 'splash'],
+                    "Overrides the student's and the teacher's model.attention_kernel (to "
+                    "compare kernels); '' keeps the configs'.")
   flags.mark_flag_as_required('config')
 
 
@@ -256,7 +272,7 @@ def _main() -> int:
   module = sweep.load_module(config_flags.get_config_filename(f['config']).split(':')[0])
   import jax
   try:
-    r = report(cfg, module, topology, f.whole_step)
+    r = report(cfg, module, topology, f.whole_step, f.attention_kernel)
   except ValueError as e:
     if isinstance(e, config_lib.ConfigError):
       raise
@@ -268,7 +284,8 @@ def _main() -> int:
     print(f'error: does not fit {topology}: {reason} {advice(cfg)}', file=sys.stderr)
     return 1
   d, gib = r['per_device'], 2**30
-  print(f'{topology}: {r["devices"]} x {r["device_kind"]}; compiled in {r["compile_s"]:.1f}s')
+  print(f'{topology}: {r["devices"]} x {r["device_kind"]}; compiled in {r["compile_s"]:.1f}s; '
+        f'attention: student {r["attention_kernel"]}, teacher {r["teacher_attention_kernel"]}')
   print(f'per chip: arguments {d["argument_bytes"] / gib:.2f} GiB, temporaries '
         f'{d["temp_bytes"] / gib:.2f} GiB, outputs {d["output_bytes"] / gib:.2f} GiB '
         f'(aliased {d["alias_bytes"] / gib:.2f}), total {d["total_bytes"] / gib:.2f} of '

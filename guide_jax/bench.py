@@ -92,9 +92,14 @@ def run_arms(cfg, rounds: int, arms: list[str], log=print, peer=None) -> dict:
   from guide_jax.train import flops, optimizer, steps
   from guide_jax.train import teacher as teacher_lib
 
-  config_lib.validate(cfg, jax.device_count(), jax.process_count(), jax.default_backend())
+  from guide_jax.models import attention
+  platform = jax.default_backend()
+  config_lib.validate(cfg, jax.device_count(), jax.process_count(), platform)
   t_model = teacher_lib.runtime_model(teacher_lib.model_config(cfg), cfg.teacher.dtype)
+  config_lib.validate_kernel(t_model, cfg.data.seq_len, platform, 'teacher model')
   s_model = cfg.model
+  kernels = {'student': attention.choose(s_model, cfg.data.seq_len, platform),
+             'teacher': attention.choose(t_model, cfg.data.seq_len, platform)}
   guide.check_compatible(t_model, s_model, cfg.guide)
   mesh = sharding.make_mesh(cfg.mesh)
   rules = tuple(cfg.logical_rules)
@@ -110,7 +115,8 @@ def run_arms(cfg, rounds: int, arms: list[str], log=print, peer=None) -> dict:
   log(f'devices {jax.device_count()} ({jax.devices()[0].device_kind}); matmul peak '
       f'{peak / 1e9:.1f} GFLOP/s ({s_model.dtype}, {peak_source}; measured '
       f'{measured_peak / 1e9:.1f}); student {student_flops / 1e9:.2f} '
-      f'GFLOP/step (train), teacher {teacher_flops / 1e9:.2f} GFLOP/step (forward)')
+      f'GFLOP/step (train), teacher {teacher_flops / 1e9:.2f} GFLOP/step (forward); '
+      f'attention: student {kernels["student"]}, teacher {kernels["teacher"]}')
 
   with jax.set_mesh(mesh), sharding.use_rules(rules):
     _, t_shardings = transformer.abstract_params_and_shardings(t_model, mesh, rules)
@@ -190,7 +196,7 @@ def run_arms(cfg, rounds: int, arms: list[str], log=print, peer=None) -> dict:
                           'ratio': peer_time / step_time,  # > 1: guide_jax is faster
                           'torch_mfu': arm_flops / (total_peak * peer_time)}
   return {'device_kind': jax.devices()[0].device_kind, 'devices': n_dev,
-          'dtype': s_model.dtype, 'peak_flops': peak, 'peak_source': peak_source,
+          'dtype': s_model.dtype, 'attention_kernel': kernels, 'peak_flops': peak, 'peak_source': peak_source,
           'measured_matmul_peak': measured_peak, 'tokens_per_step': tokens,
           'student_train_flops_per_step': student_flops,
           'teacher_forward_flops_per_step': teacher_flops,

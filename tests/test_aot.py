@@ -48,6 +48,23 @@ def test_tiny_distillation_step_compiles_for_a_v5e_slice():
   assert r['roofline_bound_by'] in ('compute', 'memory')
 
 
+@needs_libtpu
+def test_splash_step_compiles_for_a_small_v5p_slice():
+  """The GUIDE+KD step with the Pallas splash kernel (student and teacher) under shard_map,
+  compiled by libtpu; auto picks splash on TPU once the sequence fits its blocks."""
+  seq = ['--config.data.seq_len=256', '--config.model.max_len=256',
+         '--config.teacher.pretrain.model.max_len=256', '--topology=v5p:2x2x1',
+         '--whole_step=false']
+  splash = run_aot('--config=experiments/guide_tiny.py', *seq, '--attention_kernel=splash')
+  assert splash.returncode == 0, splash.stderr[-3000:]
+  xla = run_aot('--config=experiments/guide_tiny.py', *seq, '--attention_kernel=xla')
+  r, x = (json.loads(o.stdout.strip().splitlines()[-1]) for o in (splash, xla))
+  assert r['attention_kernel'] == r['teacher_attention_kernel'] == 'splash' and r['fits']
+  assert x['attention_kernel'] == 'xla' and r['devices'] == x['devices'] == 4
+  # the kernel is in the compiled step: its flops are not XLA's dot flops
+  assert r['per_device']['xla_flops_loop_bodies_once'] != x['per_device']['xla_flops_loop_bodies_once']
+
+
 WHOLE_STEP = """
 import json, os
 from guide_jax import aot
@@ -95,10 +112,11 @@ def test_a_step_that_cannot_fit_exits_1_with_advice():
 
 @pytest.mark.slow
 @needs_libtpu
-@pytest.mark.parametrize('name', ['guide_400m', 'guide_1b'])
+@pytest.mark.parametrize('name', ['guide_400m', 'guide_1b', 'guide_1b_8k'])
 def test_paper_configs_fit_their_stated_slice(name):
   out = run_aot(f'--config=experiments/{name}.py')  # --topology defaults to config.topology
   print(out.stdout)  # the per-chip report, shown with pytest -s
   assert out.returncode == 0, out.stderr[-3000:]
   r = json.loads(out.stdout.strip().splitlines()[-1])
   assert r['fits'] and r['topology']
+  assert r['attention_kernel'] == r['teacher_attention_kernel'] == 'splash'

@@ -17,6 +17,11 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
      'flag --config.train.steps=abc: invalid literal'),
     (['--config=BAD'], '--config: invalid syntax'),
     (['--config=experiments/guide_1b.py:nolocal'], "the only variant is 'runlocal'"),
+    (['--config=experiments/lm_tiny.py', '--config.model.attention_kernel=cudnn'],
+     "model.attention_kernel='cudnn' needs an NVIDIA GPU, and this step is compiled for cpu"),
+    (['--config=experiments/lm_tiny.py', '--config.model.attention_kernel=splash',
+      '--config.data.seq_len=96', '--config.model.splash_block_q=64'],
+     'data.seq_len=96 is not divisible by model.splash_block_q=64'),
 ])
 def test_config_file_errors_are_one_line(args, expected, tmp_path):
   args = [a.replace('BAD', str(tmp_path / 'bad.py')) for a in args]

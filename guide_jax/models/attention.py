@@ -223,12 +223,12 @@ def fused_sdpa(q: Array, k: Array, v: Array, segment_ids: Array,
 # --- splash --------------------------------------------------------------------------------
 
 
-@functools.lru_cache(maxsize=64)
 def _splash_kernel(heads: int, t: int, window: int, cap: float, block_q: int,
                    block_kv: int, interpret: bool):
-  """One splash kernel per shape and setting: the mask's block structure is computed here,
-  once, on the host (lazy masks: never a [t, t] array), into concrete arrays even when
-  first asked for inside a trace, so the cached kernel never holds a tracer."""
+  """The splash kernel for this shape and setting, built inside the trace that uses it (its
+  mask tables become that trace's constants; caching the kernel across traces would leak
+  them). The costly part, the mask's block structure, is computed on the host from a lazy
+  mask (never a [t, t] array) and cached by jax per shape."""
   from jax.experimental.pallas.ops.tpu import splash_attention as splash
   mask = (splash.LocalMask((t, t), (window - 1, 0), offset=0) if window
           else splash.CausalMask((t, t)))
@@ -236,10 +236,9 @@ def _splash_kernel(heads: int, t: int, window: int, cap: float, block_q: int,
   blocks = splash.BlockSizes(block_q=bq, block_kv=bkv, block_kv_compute=bkv,
                              block_q_dkv=bq, block_kv_dkv=bkv, block_kv_dkv_compute=bkv,
                              block_q_dq=bq, block_kv_dq=bkv)
-  with jax.ensure_compile_time_eval():
-    return splash.make_splash_mha(splash.MultiHeadMask([mask] * heads), block_sizes=blocks,
-                                  head_shards=1, q_seq_shards=1,
-                                  attn_logits_soft_cap=cap or None, interpret=interpret)
+  return splash.make_splash_mha(splash.MultiHeadMask([mask] * heads), block_sizes=blocks,
+                                head_shards=1, q_seq_shards=1,
+                                attn_logits_soft_cap=cap or None, interpret=interpret)
 
 
 def _spec(axes, x, mesh, rules) -> PartitionSpec:
