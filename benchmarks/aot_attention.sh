@@ -19,3 +19,11 @@ for topo in v5p:4x4x2 v5p:2x2x4 v5p:2x2x2; do
   run "guide_1b_8k splash ($topo)" --config=experiments/guide_1b_8k.py --attention_kernel=splash \
       --topology=$topo --whole_step=false
 done
+# remat with splash: the configs' 'dots' against 'save_dot_except_mlp' (the MLP recomputed)
+for name in guide_400m guide_1b guide_1b_8k; do
+  run "$name splash remat=save_dot_except_mlp" --config=experiments/$name.py \
+      --attention_kernel=splash --config.model.remat=save_dot_except_mlp --whole_step=false
+done
+# the xla kernel at 8k on the slice guide_1b_8k states
+run "guide_1b_8k xla (its slice)" --config=experiments/guide_1b_8k.py --attention_kernel=xla \
+    --whole_step=false

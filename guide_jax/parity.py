@@ -3,7 +3,7 @@
 Loads a Hugging Face directory in transformers and in guide_jax (or, with --workdir, runs
 that training run's checkpoint in guide_jax against DIR, its export), runs one fixed batch,
 prints max |logit difference| and mean KL, and ends with one JSON line
-{"family", "max_abs_diff", "mean_kl", "ok"}. Exit status 1 when above tolerance. Run it
+{"family", "length", "max_abs_diff", "mean_kl", "ok"}. Exit status 1 when above tolerance. Run it
 after importing a real checkpoint. Needs the hf-parity extra (torch, transformers).
 """
 

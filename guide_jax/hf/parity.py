@@ -25,8 +25,9 @@ from guide_jax.models import transformer
 
 def batch_for(model: ml_collections.ConfigDict, token_rows: int, batch: int, length: int,
               seed: int) -> dict:
-  """A packed batch of random tokens: one sequence per row, positions from 0."""
-  length = min(length, model.max_len, model.sliding_window or model.max_len)
+  """A packed batch of random tokens: one sequence per row, positions from 0 (longer than
+  a sliding window where the model has one: the window is computed, and checked)."""
+  length = min(length, model.max_len)
   tokens = np.random.default_rng(seed).integers(0, token_rows, (batch, length), np.int32)
   return {'inputs': tokens, 'segment_ids': np.ones_like(tokens),
           'positions': np.broadcast_to(np.arange(length, dtype=np.int32), tokens.shape).copy()}
@@ -73,7 +74,8 @@ def metrics(reference: np.ndarray, ours: np.ndarray) -> dict[str, float]:
 
 def compare(hf_dir, workdir=None, *, batch: int = 2, length: int = 64, seed: int = 0,
             atol: float = 1e-3, kl_tol: float = 1e-6) -> dict:
-  """{'family', 'max_abs_diff', 'mean_kl', 'ok'} for `hf_dir` (and optionally a run)."""
+  """{'family', 'length', 'max_abs_diff', 'mean_kl', 'ok'} for `hf_dir` (and optionally a
+  run); `length` is the tokens per row compared (`length`, capped at the model's max_len)."""
   hf = hf_checkpoint.read_config(hf_dir)
   if workdir:
     from guide_jax.hf import export
@@ -89,7 +91,8 @@ def compare(hf_dir, workdir=None, *, batch: int = 2, length: int = 64, seed: int
   ours = (np.asarray(transformer.apply(model, params, tokens)) if workdir
           else guide_jax_hf_logits(hf_dir, tokens))
   reference = transformers_logits(hf_dir, tokens)
-  result = {'family': hf.get('model_type'), **metrics(reference, ours)}
+  result = {'family': hf.get('model_type'), 'length': int(tokens['inputs'].shape[1]),
+            **metrics(reference, ours)}
   result['ok'] = result['max_abs_diff'] <= atol and result['mean_kl'] <= kl_tol
   return result
 
