@@ -27,3 +27,14 @@ done
 # the xla kernel at 8k on the slice guide_1b_8k states
 run "guide_1b_8k xla (its slice)" --config=experiments/guide_1b_8k.py --attention_kernel=xla \
     --whole_step=false
+# smaller slices now that the scores are gone
+run "guide_1b_8k xla (v5p:2x2x4, the smallest slice splash fits with dots)" \
+    --config=experiments/guide_1b_8k.py --attention_kernel=xla --topology=v5p:2x2x4 --whole_step=false
+run "guide_1b_8k splash remat=save_dot_except_mlp (v5p:2x2x2)" --config=experiments/guide_1b_8k.py \
+    --attention_kernel=splash --config.model.remat=save_dot_except_mlp --topology=v5p:2x2x2 --whole_step=false
+run "guide_400m splash remat=save_dot_except_mlp (v5p:2x2x2)" --config=experiments/guide_400m.py \
+    --attention_kernel=splash --config.model.remat=save_dot_except_mlp --topology=v5p:2x2x2 --whole_step=false
+run "guide_1b splash (v5p:2x2x4)" --config=experiments/guide_1b.py --attention_kernel=splash \
+    --topology=v5p:2x2x4 --whole_step=false
+run "guide_1b_8k xla remat=save_dot_except_mlp (v5p:2x2x2)" --config=experiments/guide_1b_8k.py \
+    --attention_kernel=xla --config.model.remat=save_dot_except_mlp --topology=v5p:2x2x2 --whole_step=false

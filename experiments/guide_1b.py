@@ -74,9 +74,9 @@ def get_config(arg: str = ''):
                                  f"'runlocal'")
   c = _family(config_lib.base_config(), 2048, 14, 16, 8192)  # ~1.0B student
   c.teacher.checkpoint = ''            # set to the teacher's workdir on the command line
-  # Smallest slice it fits with this batch (512 x 2048): 32 v5p chips, 51.9 of 95 GiB per
-  # chip (python -m guide_jax.aot --config=experiments/guide_1b.py). 16 chips would hold 32
-  # rows each, twice the ~50 GiB of temporaries: raise train.grad_accum to go smaller.
+  # 32 v5p chips: 32.4 of 95 GiB per chip with splash attention (auto on TPU) and remat
+  # 'dots' (44.8 GiB with xla attention; python -m guide_jax.aot --config=experiments/
+  # guide_1b.py). It also fits 16 chips (v5p:2x2x4) with splash, at 63.1 GiB per chip.
   c.topology = 'v5p:4x4x2'
   c.teacher.dtype = 'bfloat16'         # frozen teacher: half the memory, bf16 forward
   c.guide = config_lib.guide_config()  # embeddings + guided blocks

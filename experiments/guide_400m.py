@@ -26,9 +26,12 @@ def get_config(arg: str = ''):
   c = family.get_config()
   c.model.update(dict(d_model=1024, n_layers=24, n_heads=8, n_kv_heads=8, head_dim=128,
                       mlp_dim=4096))  # ~0.34B in blocks + 33M embedding
-  # Smallest slice it fits with this batch (512 x 2048): 16 v5p chips, 80.3 of 95 GiB per
-  # chip (python -m guide_jax.aot --config=experiments/guide_400m.py); 8 chips would need
-  # twice the temporaries.
+  # With splash attention on TPU (model.attention_kernel='auto') and the MLP recomputed in
+  # the backward, the GUIDE+KD step holds 33.3 of 95 GiB per chip on 16 v5p chips (57.3 GiB
+  # with 'dots', 64.3 with xla attention and 'dots'; benchmarks/README.md, "Fused attention
+  # kernels"). It also fits 8 chips (v5p:2x2x2: 66.3 GiB), where each chip does twice the
+  # rows: choose by the chips you have (python -m guide_jax.aot --topology=...).
+  c.model.remat = 'save_dot_except_mlp'
   c.topology = 'v5p:2x2x4'
   return family.runlocal(c, family.teacher_config()) if arg == 'runlocal' else c
 

@@ -77,9 +77,9 @@ def model_config() -> ml_collections.ConfigDict:
   m.unroll_on_cpu = True     # but on a CPU mesh, a Python loop over them: XLA:CPU runs the
                              # scan's body 1.3-1.45x slower (benchmarks/README.md); compile time
                              # then grows with depth. No effect on TPU/GPU.
-  m.query_chunks = 0         # causal chunks of a self-attention's queries, each attending
+  m.query_chunks = 0         # xla kernel: causal chunks of the queries, each attending
                              # only the keys up to its end (the same result, fewer FLOPs);
-                             # 0: up to 4 on a CPU mesh, 1 on TPU/GPU (transformer.query_chunks)
+                             # 0: up to 4 on a CPU mesh, 1 on TPU/GPU (attention.query_chunks)
   m.remat = 'none'           # rematerialisation: a transformer.REMAT_POLICIES name
   m.attention_kernel = 'auto'  # 'auto', 'xla', 'splash' (TPU Pallas), 'cudnn' (GPU). auto:
                              # splash on TPU, cuDNN on GPU where dtype and shapes allow
