@@ -70,7 +70,8 @@ def compile_step(cfg, t_model, devices):
   from guide_jax.train import optimizer, steps
   from guide_jax.train import teacher as teacher_lib
 
-  t_model = teacher_lib.runtime_model(t_model, cfg.teacher.dtype)  # as the trainer runs it
+  t_model = teacher_lib.runtime_model(t_model, cfg.teacher.dtype,  # as the trainer runs it
+                                      cfg.teacher.attention_kernel)
   s_model = cfg.model
   mesh = sharding.make_mesh(cfg.mesh, devices)
   rules = tuple(cfg.logical_rules)
@@ -156,8 +157,8 @@ def whole_step_cost(cfg, t_model, devices) -> tuple[float, float]:
 def report(cfg, module, topology: str, whole_step: bool = True,
            attention_kernel: str = '') -> dict:
   """Compile for `topology` and return the per-chip numbers (see the module docstring).
-  `attention_kernel` (e.g. 'xla' against 'splash') overrides the student's and the
-  teacher's model.attention_kernel; '' keeps what they say."""
+  `attention_kernel` (e.g. 'xla' against 'splash') sets model.attention_kernel and
+  teacher.attention_kernel; '' keeps the config's."""
   for key, value in QUIET_LIBTPU.items():
     os.environ.setdefault(key, value)
   from jax.experimental import topologies
@@ -166,19 +167,18 @@ def report(cfg, module, topology: str, whole_step: bool = True,
 
   generation, chips = parse_topology(topology)
   devices = topologies.get_topology_desc(platform='tpu', topology_name=topology).devices
-  config_lib.validate(cfg, len(devices), platform='tpu')
-  chip = CHIPS[generation]
-  per_chip = len(devices) // chips  # v4 exposes both TensorCores of a chip as devices
-  hbm, peak, bandwidth = (chip.hbm_bytes / per_chip, chip.peak_flops / per_chip,
-                          chip.hbm_bandwidth / per_chip)
   from guide_jax.train import teacher as teacher_lib
   t_model = teacher_lib.model_config(cfg, module)
   if attention_kernel:
     cfg = cfg.copy_and_resolve_references()
-    t_model = t_model.copy_and_resolve_references()
-    cfg.model.attention_kernel = t_model.attention_kernel = attention_kernel
-  config_lib.validate_kernel(cfg.model, cfg.data.seq_len, 'tpu')
-  config_lib.validate_kernel(t_model, cfg.data.seq_len, 'tpu', 'teacher model')
+    cfg.model.attention_kernel = cfg.teacher.attention_kernel = attention_kernel
+  config_lib.validate(cfg, len(devices), platform='tpu')
+  t_running = teacher_lib.runtime_model(t_model, cfg.teacher.dtype, cfg.teacher.attention_kernel)
+  config_lib.validate_kernel(t_running, cfg.data.seq_len, 'tpu', 'teacher model')
+  chip = CHIPS[generation]
+  per_chip = len(devices) // chips  # v4 exposes both TensorCores of a chip as devices
+  hbm, peak, bandwidth = (chip.hbm_bytes / per_chip, chip.peak_flops / per_chip,
+                          chip.hbm_bandwidth / per_chip)
   compiled, compile_s = compile_step(cfg, t_model, devices)
   mem = compiled.memory_analysis()
   total = (mem.argument_size_in_bytes + mem.output_size_in_bytes + mem.temp_size_in_bytes
@@ -206,7 +206,7 @@ def report(cfg, module, topology: str, whole_step: bool = True,
       'topology': topology, 'devices': len(devices), 'device_kind': devices[0].device_kind,
       # the kernels the step's self-attentions run (model.attention_kernel, resolved)
       'attention_kernel': attention.choose(cfg.model, cfg.data.seq_len, 'tpu'),
-      'teacher_attention_kernel': attention.choose(t_model, cfg.data.seq_len, 'tpu'),
+      'teacher_attention_kernel': attention.choose(t_running, cfg.data.seq_len, 'tpu'),
       'compile_s': compile_s,
       'per_device': {'argument_bytes': mem.argument_size_in_bytes,
                      'output_bytes': mem.output_size_in_bytes,
@@ -249,8 +249,8 @@ def define_flags() -> None:
   flags.DEFINE_bool('whole_step', True, "Roofline with the whole step's XLA FLOPs and bytes "
                     '(three more small compiles); false: model FLOPs only, a compute bound.')
   flags.DEFINE_enum('attention_kernel', '', ['', 'auto', 'xla', 'splash'],
-                    "Overrides the student's and the teacher's model.attention_kernel (to "
-                    "compare kernels); '' keeps the configs'.")
+                    "Sets model.attention_kernel and teacher.attention_kernel (to compare "
+                    "kernels); '' keeps the config's.")
   flags.mark_flag_as_required('config')
 
 

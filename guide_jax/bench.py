@@ -88,14 +88,14 @@ def run_arms(cfg, rounds: int, arms: list[str], log=print, peer=None) -> dict:
   import jax
   from guide_jax import config as config_lib
   from guide_jax import guide, losses, sharding
-  from guide_jax.models import transformer
+  from guide_jax.models import attention, transformer
   from guide_jax.train import flops, optimizer, steps
   from guide_jax.train import teacher as teacher_lib
 
-  from guide_jax.models import attention
   platform = jax.default_backend()
   config_lib.validate(cfg, jax.device_count(), jax.process_count(), platform)
-  t_model = teacher_lib.runtime_model(teacher_lib.model_config(cfg), cfg.teacher.dtype)
+  t_model = teacher_lib.runtime_model(teacher_lib.model_config(cfg), cfg.teacher.dtype,
+                                      cfg.teacher.attention_kernel)
   config_lib.validate_kernel(t_model, cfg.data.seq_len, platform, 'teacher model')
   s_model = cfg.model
   kernels = {'student': attention.choose(s_model, cfg.data.seq_len, platform),
@@ -196,7 +196,8 @@ def run_arms(cfg, rounds: int, arms: list[str], log=print, peer=None) -> dict:
                           'ratio': peer_time / step_time,  # > 1: guide_jax is faster
                           'torch_mfu': arm_flops / (total_peak * peer_time)}
   return {'device_kind': jax.devices()[0].device_kind, 'devices': n_dev,
-          'dtype': s_model.dtype, 'attention_kernel': kernels, 'peak_flops': peak, 'peak_source': peak_source,
+          'dtype': s_model.dtype, 'attention_kernel': kernels, 'peak_flops': peak,
+          'peak_source': peak_source,
           'measured_matmul_peak': measured_peak, 'tokens_per_step': tokens,
           'student_train_flops_per_step': student_flops,
           'teacher_forward_flops_per_step': teacher_flops,

@@ -166,6 +166,8 @@ def base_config() -> ml_collections.ConfigDict:
   c.teacher.pretrain = ml_collections.ConfigDict()  # or: a pretraining config, trained
                                    # into WORKDIR/teacher first when no teacher is there
   c.teacher.dtype = 'float32'      # teacher storage/compute dtype ('bfloat16' halves memory)
+  c.teacher.attention_kernel = ''  # the teacher's attention kernel (model.attention_kernel's
+                                   # values); '' = its own model config's
   c.guide = guide_config()
   c.loss = loss_config()
   return c
@@ -225,9 +227,9 @@ def validate_kernel(m: ml_collections.ConfigDict, seq_len: int, platform: str,
   """The attention kernel `m` asks for can run seq_len tokens on `platform` (the devices'
   'cpu', 'gpu' or 'tpu'); 'auto' always can (it falls back to xla)."""
   try:
-    attention.choose(m, seq_len, platform)
+    attention.choose(m, seq_len, platform, prefix)
   except attention.AttentionError as e:
-    raise ConfigError(str(e).replace('model.', f'{prefix}.')) from None
+    raise ConfigError(str(e)) from None
 
 
 def validate(c: ml_collections.ConfigDict, num_devices: int, num_processes: int = 1,
@@ -316,6 +318,9 @@ def validate(c: ml_collections.ConfigDict, num_devices: int, num_processes: int 
                f'use one of {sharding.MESH_AXES}')
   missing = {'vocab', 'embed', 'act_batch'} - rule_names
   _require(not missing, f'logical_rules lacks {sorted(missing)}; add a rule for each')
+  _require(c.teacher.attention_kernel in ('', *attention.KERNELS),
+           f'teacher.attention_kernel={c.teacher.attention_kernel!r} must be one of '
+           f"{('', *attention.KERNELS)} ('' = the teacher model's own)")
   if c.teacher.checkpoint or c.teacher.pretrain:
     validate_guide(c)
 

@@ -193,3 +193,12 @@ def test_explicit_kernels_refuse_what_they_cannot_run(overrides, platform, seq_l
   c.model.max_len = c.data.seq_len = seq_len
   with pytest.raises(config_lib.ConfigError, match=message):
     config_lib.validate(c, 8, platform=platform)
+
+
+def test_teacher_attention_kernel_overrides_the_stored_one():
+  from guide_jax.train import teacher
+  stored = attention_cfg(attention_kernel='cudnn', dtype='bfloat16')
+  assert teacher.runtime_model(stored, 'bfloat16').attention_kernel == 'cudnn'
+  running = teacher.runtime_model(stored, 'bfloat16', 'splash')
+  assert running.attention_kernel == 'splash' and stored.attention_kernel == 'cudnn'
+  assert attention.choose(running, 256, 'tpu') == 'splash'

@@ -41,6 +41,9 @@ def test_config_file_errors_are_one_line(args, expected, tmp_path):
     ('--config.guide.blocks=some', "guide.blocks='some' must be one of"),
     ('--config.guide.unembed=True', 'guide.unembed=True needs an untied student'),
     ('--config.model.n_layers=3', "guide.blocks='all' maps each student block"),
+    ('--config.teacher.attention_kernel=cudnn',
+     "teacher model.attention_kernel='cudnn' needs an NVIDIA GPU"),
+    ('--config.teacher.attention_kernel=flash', "teacher.attention_kernel='flash' must be one of"),
 ])
 def test_guide_settings_that_would_be_ignored_are_refused(override, expected, tmp_path):
   """guide_tiny's teacher is never trained: these fail in validation, before it."""

@@ -52,56 +52,59 @@ class AttentionError(ValueError):
 # --- which kernel ---------------------------------------------------------------------
 
 
-def splash_problem(cfg: ml_collections.ConfigDict, seq_len: int, platform: str) -> str:
+def splash_problem(cfg: ml_collections.ConfigDict, seq_len: int, platform: str,
+                   prefix: str = 'model') -> str:
   """Why splash cannot run a self-attention over seq_len tokens here ('' if it can)."""
   if platform not in ('tpu', 'cpu'):
-    return (f"model.attention_kernel='splash' is a TPU kernel (the CPU runs it in the "
+    return (f"{prefix}.attention_kernel='splash' is a TPU kernel (the CPU runs it in the "
             f"Pallas interpreter, for tests), not for {platform}; use 'auto' or 'xla'")
   for name in ('splash_block_q', 'splash_block_kv'):
     block = min(cfg[name], seq_len)
     if seq_len % block:
-      return (f'data.seq_len={seq_len} is not divisible by model.{name}={cfg[name]}; '
+      return (f'data.seq_len={seq_len} is not divisible by {prefix}.{name}={cfg[name]}; '
               f'choose a block size that divides it (a multiple of {SPLASH_LANES})')
   kv_block = min(cfg.splash_block_kv, seq_len)
   if kv_block % SPLASH_LANES:
     return (f'data.seq_len={seq_len} needs a splash kv block that is a multiple of '
-            f'{SPLASH_LANES} (model.splash_block_kv={cfg.splash_block_kv}); use a '
-            f'sequence length that is a multiple of {SPLASH_LANES}, or attention_kernel=xla')
+            f'{SPLASH_LANES} ({prefix}.splash_block_kv={cfg.splash_block_kv}); use a '
+            f'sequence length that is a multiple of {SPLASH_LANES}, or '
+            f'{prefix}.attention_kernel=xla')
   return ''
 
 
-def cudnn_problem(cfg: ml_collections.ConfigDict, platform: str) -> str:
+def cudnn_problem(cfg: ml_collections.ConfigDict, platform: str, prefix: str = 'model') -> str:
   """Why cuDNN flash attention cannot run this model here ('' if it can)."""
   if platform != 'gpu':
-    return (f"model.attention_kernel='cudnn' needs an NVIDIA GPU, and this step is "
+    return (f"{prefix}.attention_kernel='cudnn' needs an NVIDIA GPU, and this step is "
             f"compiled for {platform}; use 'auto' or 'xla'")
   if cfg.dtype not in CUDNN_DTYPES:
-    return (f"model.dtype={cfg.dtype!r}: cuDNN flash attention takes bfloat16; set "
-            f"model.dtype='bfloat16' or model.attention_kernel='xla'")
+    return (f"{prefix}.dtype={cfg.dtype!r}: cuDNN flash attention takes bfloat16; set "
+            f"{prefix}.dtype='bfloat16' or {prefix}.attention_kernel='xla'")
   if cfg.head_dim > CUDNN_MAX_HEAD_DIM or cfg.head_dim % 8:
-    return (f'model.head_dim={cfg.head_dim}: cuDNN flash attention takes a multiple of 8 '
-            f'up to {CUDNN_MAX_HEAD_DIM}; use model.attention_kernel=xla')
+    return (f'{prefix}.head_dim={cfg.head_dim}: cuDNN flash attention takes a multiple of 8 '
+            f'up to {CUDNN_MAX_HEAD_DIM}; use {prefix}.attention_kernel=xla')
   if cfg.attn_logit_softcap:
-    return (f'model.attn_logit_softcap={cfg.attn_logit_softcap}: cuDNN flash attention has '
-            f'no logit soft-cap; use model.attention_kernel=xla')
+    return (f'{prefix}.attn_logit_softcap={cfg.attn_logit_softcap}: cuDNN flash attention has '
+            f'no logit soft-cap; use {prefix}.attention_kernel=xla')
   return ''
 
 
 _EXPLAINED: set[str] = set()
 
 
-def choose(cfg: ml_collections.ConfigDict, seq_len: int, platform: str | None = None) -> str:
+def choose(cfg: ml_collections.ConfigDict, seq_len: int, platform: str | None = None,
+           prefix: str = 'model') -> str:
   """The kernel ('xla', 'splash' or 'cudnn') a self-attention over seq_len tokens runs.
-  An explicit kernel that cannot run raises AttentionError; 'auto' falls back to xla and
-  logs why, once per reason."""
+  An explicit kernel that cannot run raises AttentionError (naming fields `prefix`.*);
+  'auto' falls back to xla and logs why, once per reason."""
   platform = platform or sharding.platform()
   kernel = cfg.attention_kernel
   if kernel == 'xla':
     return 'xla'
   if kernel == 'splash' or (kernel == 'auto' and platform == 'tpu'):
-    problem, chosen = splash_problem(cfg, seq_len, platform), 'splash'
+    problem, chosen = splash_problem(cfg, seq_len, platform, prefix), 'splash'
   elif kernel == 'cudnn' or (kernel == 'auto' and platform == 'gpu'):
-    problem, chosen = cudnn_problem(cfg, platform), 'cudnn'
+    problem, chosen = cudnn_problem(cfg, platform, prefix), 'cudnn'
   else:  # auto on a CPU
     return 'xla'
   if not problem:

@@ -106,25 +106,30 @@ def _latest_checkpoint(teacher_dir: epath.Path):
   return ckpt, step
 
 
-def runtime_model(stored: ml_collections.ConfigDict, dtype: str) -> ml_collections.ConfigDict:
+def runtime_model(stored: ml_collections.ConfigDict, dtype: str,
+                  attention_kernel: str = '') -> ml_collections.ConfigDict:
   """The teacher as it runs: stored and computed in `teacher.dtype` when that is bfloat16,
-  else stored in float32 and computed in its own model.dtype. The one place this rule is
-  written: trainer (through load), bench and aot all use it."""
+  else stored in float32 and computed in its own model.dtype; its attention kernel is
+  `teacher.attention_kernel` when set (a checkpoint saved with 'cudnn' on a GPU can run
+  splash on a TPU), else its own. The one place these rules are written: trainer (through
+  load), bench and aot all use it."""
   model = ml_collections.ConfigDict(stored.to_dict())
   model.param_dtype = dtype
   model.dtype = dtype if dtype == 'bfloat16' else model.dtype
+  model.attention_kernel = attention_kernel or model.attention_kernel
   return model
 
 
-def load(teacher_dir: epath.Path, mesh, rules, dtype: str) -> Teacher:
+def load(teacher_dir: epath.Path, mesh, rules, dtype: str, attention_kernel: str = '') -> Teacher:
   """The teacher's params on `mesh`, from a guide_jax workdir or a Hugging Face directory
-  (CheckpointError when a workdir has no checkpoint, HFError for a refused HF model)."""
+  (CheckpointError when a workdir has no checkpoint, HFError for a refused HF model), and
+  its model as it runs (runtime_model)."""
   if hf_checkpoint.is_hf_dir(teacher_dir):
-    return load_hf(teacher_dir, mesh, rules, dtype)
+    return load_hf(teacher_dir, mesh, rules, dtype, attention_kernel)
   ckpt, step = _latest_checkpoint(teacher_dir)
   meta = ckpt.restore_meta(step)
   stored = config_lib.complete_model(meta['model'])
-  model = runtime_model(stored, dtype)
+  model = runtime_model(stored, dtype, attention_kernel)
   abstract, shardings = transformer.abstract_params_and_shardings(stored, mesh, rules)
   params = ckpt.restore_params(step, sharding.abstract(abstract, shardings))
   ckpt.close()
@@ -135,9 +140,9 @@ def load(teacher_dir: epath.Path, mesh, rules, dtype: str) -> Teacher:
                  vocab_path=meta.get('vocab_path', ''), workdir=teacher_dir)
 
 
-def load_hf(hf_dir: epath.Path, mesh, rules, dtype: str) -> Teacher:
+def load_hf(hf_dir: epath.Path, mesh, rules, dtype: str, attention_kernel: str = '') -> Teacher:
   """A Hugging Face teacher: config.json -> model config, safetensors -> sharded params."""
-  model = runtime_model(hf_checkpoint.model_config(hf_dir), dtype)
+  model = runtime_model(hf_checkpoint.model_config(hf_dir), dtype, attention_kernel)
   abstract, shardings = transformer.abstract_params_and_shardings(model, mesh, rules)
   params = hf_checkpoint.load_params(hf_dir, model, abstract, shardings, dtype)
   vocab_path, vocab_rows = '', 0

@@ -131,8 +131,9 @@ def train(config: ml_collections.ConfigDict, workdir: str | os.PathLike, *,
       raise ConfigError(str(e)) from None
     # The pair is checked against the teacher's architecture before a teacher is trained.
     teacher_model = teacher_lib.model_config(cfg)
-    config_lib.validate_kernel(teacher_model, cfg.data.seq_len, jax.default_backend(),
-                               'teacher model')
+    config_lib.validate_kernel(
+        teacher_lib.runtime_model(teacher_model, cfg.teacher.dtype, cfg.teacher.attention_kernel),
+        cfg.data.seq_len, jax.default_backend(), 'teacher model')
     try:
       guide.check_compatible(teacher_model, cfg.model, cfg.guide)
     except guide.GuideError as e:
@@ -149,7 +150,8 @@ def train(config: ml_collections.ConfigDict, workdir: str | os.PathLike, *,
     # 3. Teacher (frozen, own shardings) and data (a bad corpus is a config error).
     teacher = None
     if distill:
-      teacher = teacher_lib.load(teacher_dir, mesh, rules, cfg.teacher.dtype)
+      teacher = teacher_lib.load(teacher_dir, mesh, rules, cfg.teacher.dtype,
+                                 cfg.teacher.attention_kernel)
       teacher_lib.check_vocabulary(cfg, teacher)
       teacher_lib.check_sequence(cfg, teacher)
     try:
