@@ -113,8 +113,8 @@ def choose(cfg: ml_collections.ConfigDict, seq_len: int, platform: str | None = 
     raise AttentionError(problem)
   if problem not in _EXPLAINED:
     _EXPLAINED.add(problem)
-    logging.warning("model.attention_kernel='auto' runs xla attention on %s, not %s: %s",
-                    platform, chosen, problem)
+    logging.warning("%s.attention_kernel='auto' runs xla attention on %s, not %s: %s",
+                    prefix, platform, chosen, problem)
   return 'xla'
 
 
