@@ -25,6 +25,7 @@ def _guide_1b():
 
 def _long(c):
   c.model.max_len = SEQ_LEN
+  c.model.remat = 'save_dot_except_mlp'   # the MLP recomputed in the backward
   c.data.seq_len = SEQ_LEN
   c.data.global_batch_size = 128
   return c
@@ -36,6 +37,5 @@ def teacher_config():
 
 def get_config():
   c = _long(_guide_1b().get_config())
-  c.model.remat = 'save_dot_except_mlp'
   c.topology = 'v5p:2x2x2'   # the smallest v5p slice it fits (with splash attention)
   return c

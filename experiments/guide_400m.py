@@ -31,10 +31,17 @@ def get_config(arg: str = ''):
   # with 'dots', 64.3 with xla attention and 'dots'; benchmarks/README.md, "Fused attention
   # kernels"). It also fits 8 chips (v5p:2x2x2: 66.3 GiB), where each chip does twice the
   # rows: choose by the chips you have (python -m guide_jax.aot --topology=...).
-  c.model.remat = 'save_dot_except_mlp'
+  c.model.remat = REMAT
   c.topology = 'v5p:2x2x4'
-  return family.runlocal(c, family.teacher_config()) if arg == 'runlocal' else c
+  return family.runlocal(c, teacher_config()) if arg == 'runlocal' else c
+
+
+REMAT = 'save_dot_except_mlp'
 
 
 def teacher_config():
-  return _guide_1b().teacher_config()
+  """guide_1b's teacher with this config's remat (which matters only where the teacher is
+  trained, as in runlocal: a frozen teacher's forward keeps nothing for a backward)."""
+  c = _guide_1b().teacher_config()
+  c.model.remat = REMAT
+  return c
