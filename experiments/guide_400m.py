@@ -14,6 +14,10 @@ Same family, data and mesh as guide_1b.py (see there); for a TPU pod slice.
 from guide_jax import config as config_lib
 
 
+# The MLP recomputed in the backward (see get_config), for the student and its teacher.
+REMAT = 'save_dot_except_mlp'
+
+
 def _guide_1b():
   return config_lib.load_experiment_module('guide_1b')
 
@@ -34,9 +38,6 @@ def get_config(arg: str = ''):
   c.model.remat = REMAT
   c.topology = 'v5p:2x2x4'
   return family.runlocal(c, teacher_config()) if arg == 'runlocal' else c
-
-
-REMAT = 'save_dot_except_mlp'
 
 
 def teacher_config():

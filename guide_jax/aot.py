@@ -173,8 +173,7 @@ def report(cfg, module, topology: str, whole_step: bool = True,
     cfg = cfg.copy_and_resolve_references()
     cfg.model.attention_kernel = cfg.teacher.attention_kernel = attention_kernel
   config_lib.validate(cfg, len(devices), platform='tpu')
-  t_running = teacher_lib.runtime_model(t_model, cfg.teacher.dtype, cfg.teacher.attention_kernel)
-  config_lib.validate_kernel(t_running, cfg.data.seq_len, 'tpu', 'teacher model')
+  t_running = teacher_lib.running_model(cfg, t_model, 'tpu')
   chip = CHIPS[generation]
   per_chip = len(devices) // chips  # v4 exposes both TensorCores of a chip as devices
   hbm, peak, bandwidth = (chip.hbm_bytes / per_chip, chip.peak_flops / per_chip,

@@ -94,9 +94,7 @@ def run_arms(cfg, rounds: int, arms: list[str], log=print, peer=None) -> dict:
 
   platform = jax.default_backend()
   config_lib.validate(cfg, jax.device_count(), jax.process_count(), platform)
-  t_model = teacher_lib.runtime_model(teacher_lib.model_config(cfg), cfg.teacher.dtype,
-                                      cfg.teacher.attention_kernel)
-  config_lib.validate_kernel(t_model, cfg.data.seq_len, platform, 'teacher model')
+  t_model = teacher_lib.running_model(cfg, teacher_lib.model_config(cfg), platform)
   s_model = cfg.model
   kernels = {'student': attention.choose(s_model, cfg.data.seq_len, platform),
              'teacher': attention.choose(t_model, cfg.data.seq_len, platform)}

@@ -133,13 +133,17 @@ def self_attention(q: Array, k: Array, v: Array, segment_ids: Array,
   return chunked_xla_attention(q, k, v, segment_ids, cfg)
 
 
+def same_segment(segment_ids: Array) -> Array:
+  """[b, t, t] boolean: query and key in the same packed segment."""
+  return segment_ids[:, :, None] == segment_ids[:, None, :]
+
+
 def attention_mask(segment_ids: Array, window: int = 0) -> Array:
   """[b, 1, 1, t, t] boolean: causal, within one segment, and within `window` keys."""
   t = segment_ids.shape[1]
   i, j = jnp.arange(t)[:, None], jnp.arange(t)[None, :]
   allowed = (j <= i) & ((i - j < window) if window else True)
-  same = segment_ids[:, :, None] == segment_ids[:, None, :]
-  return (allowed[None] & same)[:, None, None]
+  return (allowed[None] & same_segment(segment_ids))[:, None, None]
 
 
 def softcap(logits: Array, cap: float) -> Array:
@@ -217,9 +221,8 @@ def fused_sdpa(q: Array, k: Array, v: Array, segment_ids: Array,
   (cuDNN skips what they exclude) and the segments as a boolean mask. `implementation`
   'xla' runs the same call anywhere: the tests check the arguments that way on a CPU."""
   window = cfg.sliding_window
-  same_segment = (segment_ids[:, :, None] == segment_ids[:, None, :])[:, None]
   return jax.nn.dot_product_attention(
-      q, k, v, mask=same_segment, is_causal=True,
+      q, k, v, mask=same_segment(segment_ids)[:, None], is_causal=True,
       local_window_size=(window - 1, 0) if window else None, implementation=implementation)
 
 

@@ -120,6 +120,15 @@ def runtime_model(stored: ml_collections.ConfigDict, dtype: str,
   return model
 
 
+def running_model(cfg: ml_collections.ConfigDict, stored: ml_collections.ConfigDict,
+                  platform: str) -> ml_collections.ConfigDict:
+  """The teacher as the run `cfg` runs it (runtime_model with cfg.teacher's dtype and
+  kernel), with its attention kernel checked for `platform` (ConfigError otherwise)."""
+  model = runtime_model(stored, cfg.teacher.dtype, cfg.teacher.attention_kernel)
+  config_lib.validate_kernel(model, cfg.data.seq_len, platform, 'teacher model')
+  return model
+
+
 def load(teacher_dir: epath.Path, mesh, rules, dtype: str, attention_kernel: str = '') -> Teacher:
   """The teacher's params on `mesh`, from a guide_jax workdir or a Hugging Face directory
   (CheckpointError when a workdir has no checkpoint, HFError for a refused HF model), and

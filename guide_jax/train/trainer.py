@@ -131,9 +131,7 @@ def train(config: ml_collections.ConfigDict, workdir: str | os.PathLike, *,
       raise ConfigError(str(e)) from None
     # The pair is checked against the teacher's architecture before a teacher is trained.
     teacher_model = teacher_lib.model_config(cfg)
-    config_lib.validate_kernel(
-        teacher_lib.runtime_model(teacher_model, cfg.teacher.dtype, cfg.teacher.attention_kernel),
-        cfg.data.seq_len, jax.default_backend(), 'teacher model')
+    teacher_lib.running_model(cfg, teacher_model, jax.default_backend())
     try:
       guide.check_compatible(teacher_model, cfg.model, cfg.guide)
     except guide.GuideError as e:
