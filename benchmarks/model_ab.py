@@ -8,7 +8,7 @@ Loads the other file as a module of its own (it shares this checkout's guide_jax
 builds bench_peer.py's student (d 256, 4 blocks, batch 16 x 256, float32) from both with the
 same parameters, checks they give the same loss, and prints the median time of a jitted
 value_and_grad of the mean next-token cross-entropy for each, and their ratio (the file
-against itself gives the noise floor).
+against itself gives the noise floor), after the CPU model and its measured matmul peak.
 """
 
 import importlib.util
@@ -23,6 +23,7 @@ import numpy as np
 
 from guide_jax import config as config_lib
 from guide_jax.models import transformer
+from guide_jax.train import flops
 
 
 def load(path):
@@ -57,6 +58,9 @@ def main(path: str, rounds: int) -> None:
         jax.block_until_ready(steps[name](params))
         times[name].append(time.perf_counter() - start)
   med = {n: statistics.median(t) for n, t in times.items()}
+  cpu = next((line.split(':', 1)[1].strip() for line in open('/proc/cpuinfo')
+              if line.startswith('model name')), 'unknown CPU')
+  print(f'{cpu}; float32 matmul peak {flops.measured_matmul_peak("float32") / 1e9:.0f} GFLOP/s')
   print(f"other {med['other'] * 1e3:.1f} ms, this {med['this'] * 1e3:.1f} ms, "
         f"this/other time {med['this'] / med['other']:.3f} (median of {rounds} rounds)")
 
