@@ -168,6 +168,10 @@ def base_config() -> ml_collections.ConfigDict:
   c.teacher.dtype = 'float32'      # teacher storage/compute dtype ('bfloat16' halves memory)
   c.teacher.attention_kernel = ''  # the teacher's attention kernel (model.attention_kernel's
                                    # values); '' = its own model config's
+  c.teacher.logits_dir = ''        # an offline teacher-logits cache (python -m
+                                   # guide_jax.teacher_logits): KD reads the teacher's
+                                   # top-k from it and the teacher never runs; its params
+                                   # are loaded only when GUIDE projects them
   c.guide = guide_config()
   c.loss = loss_config()
   return c
@@ -321,8 +325,12 @@ def validate(c: ml_collections.ConfigDict, num_devices: int, num_processes: int 
   _require(c.teacher.attention_kernel in ('', *attention.KERNELS),
            f'teacher.attention_kernel={c.teacher.attention_kernel!r} must be one of '
            f"{('', *attention.KERNELS)} ('' = the teacher model's own)")
-  if c.teacher.checkpoint or c.teacher.pretrain:
+  if c.teacher.checkpoint or c.teacher.pretrain or c.teacher.logits_dir:
     validate_guide(c)
+  if c.teacher.logits_dir:
+    _require(c.data.backend != 'seqio',
+             "teacher.logits_dir needs the grain pipeline (data.backend embedded, files or "
+             "synthetic); seqio has no random access to a step's rows")
 
 
 GUIDE_CHOICES = {'init': ('none', 'embeddings', 'blocks'), 'blocks': ('first', 'all'),

@@ -42,17 +42,75 @@ def kd_per_token(student_logits: jax.Array, teacher_logits: jax.Array, temperatu
   dtype = jnp.promote_types(student_logits.dtype, jnp.float32)  # at least float32
   log_s = jax.nn.log_softmax(student_logits.astype(dtype) / temperature, axis=-1)
   log_t = jax.nn.log_softmax(teacher_logits.astype(dtype) / temperature, axis=-1)
+  return temperature ** 2 * divergence(log_t, log_s, kind, beta)
+
+
+def divergence(log_t: jax.Array, log_s: jax.Array, kind: str, beta: float) -> jax.Array:
+  """The KD divergence between two distributions given as log-probabilities over the last
+  axis (the vocabulary, or cached top-k tokens plus a rest bucket)."""
   kl = lambda log_p, log_q: jnp.sum(jnp.exp(log_p) * (log_p - log_q), axis=-1)
   if kind == 'forward_kl':
-    div = kl(log_t, log_s)
-  elif kind == 'reverse_kl':
-    div = kl(log_s, log_t)
-  elif kind == 'jsd':
+    return kl(log_t, log_s)
+  if kind == 'reverse_kl':
+    return kl(log_s, log_t)
+  if kind == 'jsd':
     log_m = jnp.logaddexp(jnp.log(beta) + log_t, jnp.log1p(-beta) + log_s)
-    div = beta * kl(log_t, log_m) + (1 - beta) * kl(log_s, log_m)
-  else:
-    raise ValueError(f'loss.kd_kind={kind!r} must be one of {KD_KINDS}')
-  return temperature ** 2 * div
+    return beta * kl(log_t, log_m) + (1 - beta) * kl(log_s, log_m)
+  raise ValueError(f'loss.kd_kind={kind!r} must be one of {KD_KINDS}')
+
+
+# --- KD from a cached teacher: its top-k logits and what lies outside them ------------------
+
+# Per-position fields of a batch read from a teacher-logits cache (train/teacher_cache.py).
+# All logits are relative to the teacher's top-1 logit (softmax does not see the shift).
+CACHED_TEACHER_FIELDS = (
+    'teacher_logits',        # [..., k] the k largest logits, descending
+    'teacher_ids',           # [..., k] their token ids
+    'teacher_lse',           # [...]    log-sum-exp over the whole vocabulary (temperature 1)
+    'teacher_rest',          # [...]    log-sum-exp of logits / tau over the tokens outside
+                             #          the top-k, tau = the cache's temperature (-inf: k = V)
+    'teacher_target_logit',  # [...]    the logit of the target token (in the top-k or not)
+)
+
+
+def cached_teacher(batch: dict) -> dict | None:
+  """The cached teacher fields of a batch, or None (eval batches carry none)."""
+  if CACHED_TEACHER_FIELDS[0] not in batch:
+    return None
+  return {k: batch[k] for k in CACHED_TEACHER_FIELDS}
+
+
+def sparse_kd_per_token(student_logits: jax.Array, teacher: dict, temperature: float,
+                        kind: str = 'forward_kl', beta: float = 0.5) -> jax.Array:
+  """tau^2 * divergence per token between teacher and student over k + 1 outcomes: the
+  teacher's top-k tokens, and one "rest" bucket holding every other token.
+
+  The teacher's side is exact, not renormalised: p_T(i) = exp(z_i / tau - log Z_T) with
+  log Z_T = logaddexp(LSE(top-k / tau), rest), and p_T(rest) = exp(rest - log Z_T), where
+  `rest` was computed over the tokens outside the top-k when the cache was built (at the
+  cache's temperature, which the run must use). The student's side is its full softmax
+  summed the same way. So the loss is the divergence of the two distributions coarsened to
+  k + 1 outcomes: equal to full-vocabulary KD when k = V, and otherwise a lower bound of it
+  (log-sum inequality) that misses only how the two spread the rest bucket's mass.
+  """
+  k = teacher['teacher_ids'].shape[-1]
+  log_s_all = student_logits.astype(jnp.float32) / temperature
+  student_lse = jax.nn.logsumexp(log_s_all, axis=-1, keepdims=True)
+  ids = teacher['teacher_ids'].astype(jnp.int32)
+  log_s = jnp.take_along_axis(log_s_all, ids, axis=-1) - student_lse
+  top = teacher['teacher_logits'].astype(jnp.float32) / temperature
+  if k < student_logits.shape[-1]:
+    rest_t = teacher['teacher_rest'].astype(jnp.float32)[..., None]
+    log_z = jnp.logaddexp(jax.nn.logsumexp(top, axis=-1, keepdims=True), rest_t)
+    in_top = jnp.put_along_axis(jnp.zeros(log_s_all.shape, bool), ids, True, axis=-1,
+                                inplace=False)
+    rest_s = jax.nn.logsumexp(jnp.where(in_top, -jnp.inf, log_s_all), axis=-1,
+                              keepdims=True)
+    log_t = jnp.concatenate([top - log_z, rest_t - log_z], axis=-1)
+    log_s = jnp.concatenate([log_s, rest_s - student_lse], axis=-1)
+  else:  # the top-k is the whole vocabulary: no rest bucket
+    log_t = top - jax.nn.logsumexp(top, axis=-1, keepdims=True)
+  return temperature ** 2 * divergence(log_t, log_s, kind, beta)
 
 
 def weight_schedule(cfg, total_steps: int) -> optax.Schedule:
@@ -107,12 +165,22 @@ def resolve_chunk_len(chunk_len: int, seq_len: int) -> int:
   return 0 if chunk_len >= seq_len else chunk_len
 
 
-def chunked_output_sums(per_chunk, h_student, w_student, targets, weights, chunk_len: int,
-                        dtype, h_teacher=None, w_teacher=None) -> tuple[jax.Array, dict]:
-  """`per_chunk(student_logits, teacher_logits, targets, weights) -> (loss, sums)` summed
-  over chunks of `chunk_len` sequence positions, the logits never whole.
+def output_logits(h: jax.Array, w: jax.Array, dtype) -> jax.Array:
+  """Logits [B, S, V] in float32 from final-normed hidden states and an output kernel."""
+  z = jnp.einsum('bcd,dv->bcv', h.astype(dtype), w.astype(dtype),
+                 preferred_element_type=jnp.float32)
+  return sharding.constrain(z, ('act_batch', 'act_length', 'act_vocab'))
 
-  h_*: final-normed hidden states [B, S, d]; w_*: output kernels [d, V]. A lax.scan over
+
+def chunked_output_sums(per_chunk, h_student, w_student, targets, weights, chunk_len: int,
+                        dtype, teacher=None, teacher_chunk=None) -> tuple[jax.Array, dict]:
+  """`per_chunk(student_logits, teacher, targets, weights) -> (loss, sums)` summed over
+  chunks of `chunk_len` sequence positions, the logits never whole.
+
+  h_student: final-normed hidden states [B, S, d]; w_student: the output kernel [d, V].
+  teacher: None, or a tree of per-position arrays [B, S, ...] that `teacher_chunk` turns,
+  chunk by chunk, into per_chunk's teacher argument (online: the teacher's hidden states
+  into its logits; cached: the cached top-k as they are). A lax.scan over
   chunks of the sequence axis (the batch axis keeps its sharding, the vocabulary its own),
   so memory holds one chunk's [B, chunk, V] at a time. Differentiated, the same scan
   computes each chunk's gradients for h_student and w_student in the forward, while its
@@ -129,16 +197,11 @@ def chunked_output_sums(per_chunk, h_student, w_student, targets, weights, chunk
   def split(x):
     return None if x is None else x.reshape(b, n, chunk_len, *x.shape[2:]).swapaxes(0, 1)
 
-  def logits(h, w):
-    z = jnp.einsum('bcd,dv->bcv', h.astype(dtype), w.astype(dtype),
-                   preferred_element_type=jnp.float32)
-    return sharding.constrain(z, ('act_batch', 'act_length', 'act_vocab'))
+  def chunk_sums(hs, ws, t, tg, wt):
+    t = None if t is None else jax.lax.stop_gradient(teacher_chunk(t))
+    return per_chunk(output_logits(hs, ws, dtype), t, tg, wt)
 
-  def chunk_sums(hs, ws, ht, tg, wt):
-    zt = None if ht is None else jax.lax.stop_gradient(logits(ht, w_teacher))
-    return per_chunk(logits(hs, ws), zt, tg, wt)
-
-  rest = (split(h_teacher), split(targets), split(weights))
+  rest = (jax.tree.map(split, teacher), split(targets), split(weights))
 
   def scan(body, init, hs):
     return jax.lax.scan(body, init, (split(hs),) + rest)
@@ -200,33 +263,42 @@ class DistillLoss:
     uses = lambda w: w.value > 0 or (w.kind != 'constant' and w.end_value > 0)
     self.uses_kd, self.uses_match = uses(cfg.kd), uses(cfg.match)
 
-  def logit_sums(self, step, student_logits, teacher_logits, targets, weights):
+  def logit_sums(self, step, student_logits, teacher, targets, weights):
     """(weighted loss sum, metric sums) of the logit terms (CE, z-loss, KD) of any set of
-    tokens: a whole micro-batch, or one chunk of the fused output layer."""
+    tokens: a whole micro-batch, or one chunk of the fused output layer. `teacher` is the
+    teacher's logits, its cached top-k (a dict, CACHED_TEACHER_FIELDS), or None."""
     sums = cross_entropy_sums(student_logits, targets, weights)
     loss = self.w_ce(step) * sums['ce'] + self.z_loss * sums['z']
-    if teacher_logits is not None:
-      kd = jnp.sum(kd_per_token(student_logits, teacher_logits, self.cfg.temperature,
-                                self.cfg.kd_kind, self.cfg.jsd_beta) * weights)
-      teacher = cross_entropy_sums(teacher_logits, targets, weights)
-      agree = (jnp.argmax(student_logits, -1) == jnp.argmax(teacher_logits, -1))
-      sums.update(kd=kd, teacher_ce=teacher['ce'],
-                  agreement=jnp.sum(agree.astype(jnp.float32) * weights))
-      loss += self.w_kd(step) * kd
-    return loss, sums
+    if teacher is None:
+      return loss, sums
+    kd_args = (self.cfg.temperature, self.cfg.kd_kind, self.cfg.jsd_beta)
+    if isinstance(teacher, dict):  # cached: its CE and top-1 are exact, its KD sparse
+      kd = sparse_kd_per_token(student_logits, teacher, *kd_args)
+      teacher_ce = teacher['teacher_lse'] - teacher['teacher_target_logit']
+      teacher_top1 = teacher['teacher_ids'][..., 0]
+    else:
+      kd = kd_per_token(student_logits, teacher, *kd_args)
+      teacher_ce = (jax.nn.logsumexp(teacher.astype(jnp.float32), axis=-1)
+                    - jnp.take_along_axis(teacher.astype(jnp.float32), targets[..., None],
+                                          axis=-1)[..., 0])
+      teacher_top1 = jnp.argmax(teacher, axis=-1)
+    agree = jnp.argmax(student_logits, -1) == teacher_top1
+    sums.update(kd=jnp.sum(kd * weights), teacher_ce=jnp.sum(teacher_ce * weights),
+                agreement=jnp.sum(agree.astype(jnp.float32) * weights))
+    return loss + self.w_kd(step) * sums['kd'], sums
 
-  def sums(self, step, student_logits, batch, teacher_logits=None, match=None):
+  def sums(self, step, student_logits, batch, teacher=None, match=None):
     """(weighted loss sum, metric sums) for one (micro-)batch."""
-    loss, sums = self.logit_sums(step, student_logits, teacher_logits, batch['targets'],
+    loss, sums = self.logit_sums(step, student_logits, teacher, batch['targets'],
                                  batch['loss_weights'])
     return self.add_match(step, loss, sums, match)
 
-  def fused_sums(self, step, h_student, w_student, batch, chunk_len, dtype, h_teacher=None,
-                 w_teacher=None, match=None):
+  def fused_sums(self, step, h_student, w_student, batch, chunk_len, dtype, teacher=None,
+                 teacher_chunk=None, match=None):
     """`sums` with the output layer fused into the loss (chunked_output_sums)."""
     loss, sums = chunked_output_sums(
-        lambda zs, zt, tg, wt: self.logit_sums(step, zs, zt, tg, wt), h_student, w_student,
-        batch['targets'], batch['loss_weights'], chunk_len, dtype, h_teacher, w_teacher)
+        lambda zs, t, tg, wt: self.logit_sums(step, zs, t, tg, wt), h_student, w_student,
+        batch['targets'], batch['loss_weights'], chunk_len, dtype, teacher, teacher_chunk)
     return self.add_match(step, loss, sums, match)
 
   def add_match(self, step, loss, sums, match):

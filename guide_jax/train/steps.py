@@ -117,26 +117,30 @@ def lm_objective(model_cfg: ml_collections.ConfigDict, z_loss: float,
 def distill_objective(student_cfg, teacher_cfg, loss: losses.DistillLoss,
                       layers, chunk_len: int = 0) -> Objective:
   """w_ce CE + w_kd KD (teacher forward under stop_gradient) + w_match MATCH. `chunk_len`
-  > 0 fuses both models' output layers into the loss: no [B, S, V] logits are held."""
+  > 0 fuses both models' output layers into the loss: no [B, S, V] logits are held.
+  `teacher_cfg=None`: the teacher is never run; KD reads the batch's cached top-k
+  (teacher.logits_dir; losses.sparse_kd_per_token), and batches without one (evaluation)
+  get CE and MATCH only."""
 
   def objective(params, batch, step, teacher_params, theta_hat):
     tokens = (batch['inputs'], batch['positions'], batch['segment_ids'])
     student = transformer.bind(student_cfg, params)
     h_student = student.hidden(*tokens)
-    h_teacher = w_teacher = None
-    if loss.uses_kd:
-      teacher = transformer.bind(teacher_cfg, teacher_params)
-      h_teacher = jax.lax.stop_gradient(teacher.hidden(*tokens))
-      w_teacher = jax.lax.stop_gradient(teacher.output_kernel())
     match = guide.match_loss(params, theta_hat, layers) if loss.uses_match else None
+    teacher = teacher_chunk = None
+    if loss.uses_kd and teacher_cfg is None:
+      teacher, teacher_chunk = losses.cached_teacher(batch), lambda cached: cached
+    elif loss.uses_kd:
+      model = transformer.bind(teacher_cfg, teacher_params)
+      teacher = jax.lax.stop_gradient(model.hidden(*tokens))
+      w_teacher = jax.lax.stop_gradient(model.output_kernel())
+      teacher_chunk = lambda h: losses.output_logits(h, w_teacher, jnp.dtype(student_cfg.dtype))
     if chunk_len:
       return loss.fused_sums(step, h_student, student.output_kernel(), batch, chunk_len,
-                             jnp.dtype(student_cfg.dtype), h_teacher, w_teacher, match)
-    teacher_logits = None
-    if loss.uses_kd:
-      teacher_logits = jax.lax.stop_gradient(teacher.logits_from_hidden(h_teacher))
-    return loss.sums(step, student.logits_from_hidden(h_student), batch, teacher_logits,
-                     match)
+                             jnp.dtype(student_cfg.dtype), teacher, teacher_chunk, match)
+    if teacher is not None and teacher_cfg is not None:
+      teacher = jax.lax.stop_gradient(model.logits_from_hidden(teacher))
+    return loss.sums(step, student.logits_from_hidden(h_student), batch, teacher, match)
 
   return objective
 

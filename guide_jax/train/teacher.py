@@ -23,7 +23,7 @@ from guide_jax import paths, sharding
 from guide_jax.data import tokenizer as tokenizer_lib
 from guide_jax.hf import checkpoint as hf_checkpoint
 from guide_jax.models import transformer
-from guide_jax.train import checkpointing
+from guide_jax.train import checkpointing, teacher_cache
 
 
 @dataclasses.dataclass
@@ -37,7 +37,15 @@ class Teacher:
 
 
 def is_distillation(cfg: ml_collections.ConfigDict) -> bool:
-  return bool(cfg.teacher.checkpoint) or bool(cfg.teacher.pretrain)
+  return bool(cfg.teacher.checkpoint or cfg.teacher.pretrain or cfg.teacher.logits_dir)
+
+
+def needs_params(cfg: ml_collections.ConfigDict) -> bool:
+  """Whether a distillation run loads the teacher's parameters: always when it runs the
+  teacher, and with a logits cache only when GUIDE projects them (init or MATCH)."""
+  if not cfg.teacher.logits_dir:
+    return True
+  return cfg.guide.init != 'none' or cfg.loss.match.value > 0 or cfg.loss.match.end_value > 0
 
 
 def model_config(cfg: ml_collections.ConfigDict, experiment=None) -> ml_collections.ConfigDict:
@@ -54,6 +62,9 @@ def model_config(cfg: ml_collections.ConfigDict, experiment=None) -> ml_collecti
     meta = ckpt.restore_meta(step)
     ckpt.close()
     return config_lib.complete_model(meta['model'])
+  if cfg.teacher.logits_dir:  # the cache's manifest names the teacher it was made from
+    manifest = teacher_cache.read_manifest(paths.workdir_path(cfg.teacher.logits_dir))
+    return config_lib.complete_model(manifest['teacher']['model'])
   if experiment is not None and hasattr(experiment, 'teacher_config'):
     return experiment.teacher_config().model
   raise ValueError('the config names no teacher (teacher.pretrain or teacher.checkpoint, '
@@ -76,6 +87,9 @@ def ensure_trained(cfg: ml_collections.ConfigDict, workdir: epath.Path, train_fn
 def vocab_path(cfg: ml_collections.ConfigDict, workdir: epath.Path) -> str | None:
   """The teacher's vocabulary file, read without its weights ('' when it has none, None
   when the teacher is still to be pretrained into WORKDIR/teacher)."""
+  if cfg.teacher.logits_dir and not cfg.teacher.checkpoint:
+    manifest = teacher_cache.read_manifest(paths.workdir_path(cfg.teacher.logits_dir))
+    return manifest['tokenizer']['path']
   if cfg.teacher.checkpoint:
     teacher_dir = paths.workdir_path(cfg.teacher.checkpoint)
     if hf_checkpoint.is_hf_dir(teacher_dir):
@@ -164,6 +178,23 @@ def load_hf(hf_dir: epath.Path, mesh, rules, dtype: str, attention_kernel: str =
           f'{model.vocab_size} in config.json; the checkpoint and tokenizer do not match')
   return Teacher(model=model, params=params, shardings=shardings, vocab_path=vocab_path,
                  workdir=hf_dir, vocab_rows=vocab_rows if vocab_rows < model.vocab_size else 0)
+
+
+def from_cache(cfg: ml_collections.ConfigDict, stored: ml_collections.ConfigDict) -> Teacher:
+  """The teacher of a run that reads a logits cache and never loads it: its model as it
+  ran when the cache was built, and the vocabulary the cache names; no parameters."""
+  manifest = teacher_cache.read_manifest(paths.workdir_path(cfg.teacher.logits_dir))
+  return Teacher(model=runtime_model(stored, cfg.teacher.dtype, cfg.teacher.attention_kernel),
+                 params={}, shardings={}, vocab_path=manifest['tokenizer']['path'],
+                 workdir=epath.Path(manifest['teacher']['checkpoint']))
+
+
+def without_params(teacher: Teacher) -> Teacher:
+  """`teacher` with its parameters deleted from the devices (a cached run keeps only what
+  GUIDE projected from them)."""
+  for x in jax.tree.leaves(teacher.params):
+    x.delete()
+  return dataclasses.replace(teacher, params={}, shardings={})
 
 
 def check_vocabulary(cfg: ml_collections.ConfigDict, teacher: Teacher) -> None:

@@ -29,7 +29,8 @@ from guide_jax import config as config_lib
 from guide_jax import guide, losses, paths, sharding
 from guide_jax.data import packing, pipeline
 from guide_jax.models import transformer
-from guide_jax.train import checkpointing, flops, nonfinite, optimizer, preflight, steps
+from guide_jax.train import (checkpointing, flops, nonfinite, optimizer, preflight, steps,
+                             teacher_cache)
 from guide_jax.train import teacher as teacher_lib
 from guide_jax.train import metrics as metrics_lib
 
@@ -113,6 +114,8 @@ def train(config: ml_collections.ConfigDict, workdir: str | os.PathLike, *,
   workdir = paths.workdir_path(workdir)  # a local folder or gs://
   cfg = ml_collections.ConfigDict(config.to_dict())  # never mutate the caller's config
   distill = teacher_lib.is_distillation(cfg)
+  cached = bool(cfg.teacher.logits_dir)  # KD from a teacher-logits cache: no teacher runs
+  load_teacher = distill and teacher_lib.needs_params(cfg)
 
   # 1. Validate before touching anything: processes and devices first, so the mesh
   #    check sees the real device count; then this machine (remote paths reachable),
@@ -136,8 +139,8 @@ def train(config: ml_collections.ConfigDict, workdir: str | os.PathLike, *,
       guide.check_compatible(teacher_model, cfg.model, cfg.guide)
     except guide.GuideError as e:
       raise ConfigError(str(e)) from None
-  preflight.check_memory(cfg, teacher_model if distill else None)
-  if distill:
+  preflight.check_memory(cfg, teacher_model if load_teacher else None)
+  if load_teacher:
     teacher_dir = teacher_lib.ensure_trained(cfg, workdir, train)
 
   # 2. Mesh; everything below runs inside it with the config's logical-axis rules.
@@ -146,12 +149,21 @@ def train(config: ml_collections.ConfigDict, workdir: str | os.PathLike, *,
   with jax.set_mesh(mesh), sharding.use_rules(rules):
 
     # 3. Teacher (frozen, own shardings) and data (a bad corpus is a config error).
-    teacher = None
-    if distill:
+    #    With a logits cache the teacher is loaded only if GUIDE projects it; the cache
+    #    must have been made from it, for this data order (one line otherwise).
+    teacher = cache = None
+    if load_teacher:
       teacher = teacher_lib.load(teacher_dir, mesh, rules, cfg.teacher.dtype,
                                  cfg.teacher.attention_kernel)
+    elif cached:
+      teacher = teacher_lib.from_cache(cfg, teacher_model)
+    if distill:
       teacher_lib.check_vocabulary(cfg, teacher)
       teacher_lib.check_sequence(cfg, teacher)
+    if cached:
+      cache = teacher_cache.open_for_run(
+          cfg, teacher.model, teacher_cache.param_norms(teacher.params) if load_teacher
+          else None, teacher_cache.vocab_fingerprint(cfg))
     try:
       data = pipeline.build(cfg, progress=cfg.train.progress_bar and jax.process_index() == 0)
     except (ValueError, FileNotFoundError) as e:
@@ -174,11 +186,15 @@ def train(config: ml_collections.ConfigDict, workdir: str | os.PathLike, *,
     # 4b. GUIDE: theta_hat = project(teacher) under jit, placed like the student's leaves;
     #     recomputed at every (re)start (deterministic), never checkpointed.
     theta_hat, guide_log, layers = {}, {}, None
-    if distill:
+    if load_teacher:
       theta_hat, layers, diagnostics = guide.projected_teacher(
           teacher.params, teacher.model, model_cfg, cfg.guide, param_shardings,
           teacher.vocab_rows)
       guide_log = {'guide/explained_variance': float(diagnostics['explained_variance'])}
+    if cached and load_teacher:  # projected: from here on the teacher is its cache
+      guide_log.update(_teacher_evals(cfg, teacher, diagnostics['projection'], data, mesh,
+                                      rules))
+      teacher = teacher_lib.without_params(teacher)
 
     # 6. Restore the latest checkpoint, or start fresh (from GUIDE when asked).
     ckpt = checkpointing.Checkpointer(workdir / 'checkpoints', cfg.train.keep_checkpoints,
@@ -203,11 +219,12 @@ def train(config: ml_collections.ConfigDict, workdir: str | os.PathLike, *,
     # 7. Compile: explicit shardings, the state donated so params update in place; the
     #    teacher and theta_hat are inputs, never outputs (no gradient, no optimizer state).
     chunk_len = losses.resolve_chunk_len(cfg.loss.chunk_len, cfg.data.seq_len)
-    batch_shardings = {k: sharding.batch_sharding(mesh, rules) for k in
-                       packing.FIELDS}
+    batch_fields = packing.FIELDS + (losses.CACHED_TEACHER_FIELDS if cached else ())
+    batch_shardings = {k: sharding.batch_sharding(mesh, rules) for k in batch_fields}
     if distill:
       loss = losses.DistillLoss(cfg.loss, cfg.train.steps, cfg.train.z_loss)
-      objective = steps.distill_objective(model_cfg, teacher.model, loss, layers, chunk_len)
+      objective = steps.distill_objective(model_cfg, None if cached else teacher.model, loss,
+                                          layers, chunk_len)
       extra, extra_shardings = (teacher.params, theta_hat), (teacher.shardings,
                                                              sharding.like(theta_hat, param_shardings))
     else:
@@ -229,7 +246,7 @@ def train(config: ml_collections.ConfigDict, workdir: str | os.PathLike, *,
         tokens_per_step,
         flops.train_flops_per_token(model_cfg, cfg.data.seq_len) * tokens_per_step,
         (flops.forward_flops_per_token(teacher.model, cfg.data.seq_len) * tokens_per_step
-         if distill and loss.uses_kd else 0.0), peak, jax.device_count())
+         if distill and loss.uses_kd and not cached else 0.0), peak, jax.device_count())
     if start_step == 0:
       writer.print(param_table(state['params']))
     writer.print(f'mesh {dict(mesh.shape)}; peak {peak / 1e9:.1f} GFLOP/s per device '
@@ -237,8 +254,11 @@ def train(config: ml_collections.ConfigDict, workdir: str | os.PathLike, *,
     if jax.process_index() == 0:
       (workdir / 'config.json').write_text(cfg.to_json(indent=2))
     if distill:
-      guide_log.update(_teacher_evals(cfg, teacher, diagnostics['projection'], data, mesh,
-                                      rules))
+      if not cached:
+        guide_log.update(_teacher_evals(cfg, teacher, diagnostics['projection'], data, mesh,
+                                        rules))
+      elif 'teacher/eval_loss' not in guide_log:  # measured when the cache was built
+        guide_log.update(teacher_cache.teacher_eval(cache.manifest, cfg))
       writer.write(start_step, guide_log)
       writer.print('  '.join(f'{k} {v:.4f}' for k, v in guide_log.items()))
 
@@ -261,7 +281,10 @@ def train(config: ml_collections.ConfigDict, workdir: str | os.PathLike, *,
     perf.restart()
     with _StopSignal() as stop, _closing_on_divergence(ckpt, writer):
       while step < cfg.train.steps:
-        batch = sharding.global_batch_from_local(next(data.train), mesh, rules)
+        local = next(data.train)
+        if cache is not None:  # the teacher's top-k for this step's rows
+          local = {**local, **cache.read(step)}
+        batch = sharding.global_batch_from_local(local, mesh, rules)
         state, step_metrics = train_step(state, batch, *extra)
         pending.append(step_metrics)
         step += 1
@@ -316,7 +339,8 @@ def train(config: ml_collections.ConfigDict, workdir: str | os.PathLike, *,
                  f'in {ckpt.directory}')
     writer.close()
     return {'step': step, 'interrupted': interrupted, **guide_log, **last_eval,
-            'params': state['params'], 'teacher_params': teacher.params if teacher else None}
+            'params': state['params'],
+            'teacher_params': teacher.params if teacher and not cached else None}
 
 
 def _teacher_evals(cfg, teacher, m, data, mesh, rules) -> dict[str, float]:
