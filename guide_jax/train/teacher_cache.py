@@ -313,23 +313,29 @@ def open_for_run(cfg, teacher_model=None, norms=None, vocab_fingerprint=None,
 # --- the writer ------------------------------------------------------------------------------
 
 
+def cached_fields(z: jax.Array, targets: jax.Array, top_k: int,
+                  temperature: float) -> dict[str, jax.Array]:
+  """What the cache keeps of the teacher's float32 logits z [..., V] (CACHED_TEACHER_FIELDS),
+  every logit relative to the top-1 (shift-invariant for every use, and small numbers
+  where bfloat16 storage is most precise)."""
+  top, ids = jax.lax.top_k(z, top_k)
+  shift = top[..., :1]
+  in_top = jnp.put_along_axis(jnp.zeros(z.shape, bool), ids, True, axis=-1, inplace=False)
+  rest = jax.nn.logsumexp(jnp.where(in_top, -jnp.inf, (z - shift) / temperature), axis=-1)
+  return {'teacher_logits': top - shift, 'teacher_ids': ids,
+          'teacher_lse': jax.nn.logsumexp(z, axis=-1) - shift[..., 0],
+          'teacher_rest': rest,
+          'teacher_target_logit': (jnp.take_along_axis(z, targets[..., None], axis=-1)
+                                   - shift)[..., 0]}
+
+
 def top_k_fn(teacher_model: ml_collections.ConfigDict, top_k: int, temperature: float,
              chunk_len: int) -> Callable:
   """(teacher params, batch) -> the cached fields [B, S, ...] of every target position.
   With chunk_len > 0 the [B, S, V] logits are computed chunk_len positions at a time."""
   dtype = jnp.dtype(teacher_model.dtype)
-
-  def stats(h, w, targets):
-    z = losses.output_logits(h, w, dtype)
-    top, ids = jax.lax.top_k(z, top_k)
-    shift = top[..., :1]
-    in_top = jnp.put_along_axis(jnp.zeros(z.shape, bool), ids, True, axis=-1, inplace=False)
-    rest = jax.nn.logsumexp(jnp.where(in_top, -jnp.inf, (z - shift) / temperature), axis=-1)
-    return {'teacher_logits': top - shift, 'teacher_ids': ids,
-            'teacher_lse': jax.nn.logsumexp(z, axis=-1) - shift[..., 0],
-            'teacher_rest': rest,
-            'teacher_target_logit': (jnp.take_along_axis(z, targets[..., None], axis=-1)
-                                     - shift)[..., 0]}
+  stats = lambda h, w, targets: cached_fields(losses.output_logits(h, w, dtype), targets,
+                                              top_k, temperature)
 
   def fn(params, batch):
     model = transformer.bind(teacher_model, params)
