@@ -127,10 +127,19 @@ ARMS = {
 }
 
 
+# The KD arms again, each reading the teacher-logits cache of its data seed (k = 64) instead
+# of running the teacher: guide_jax.study builds one cache per seed, shared by both arms.
+CACHED_ARMS = {f'{arm}_cached': {**ARMS[arm], 'teacher.cache_top_k': 64}
+               for arm in ('kd', 'guide_kd')}
+SWEEPS = {'main': ARMS, 'cached': CACHED_ARMS}
+
+
 def get_sweep(name: str = 'main') -> list[dict]:
   """The runs of sweep `name`: each a dict of dotted config overrides plus its 'name'.
-  Seeds run innermost-last so that a partial study has every arm at seed 0 first."""
-  if name == 'main':
-    return [{'name': f'{arm}/seed{s}', 'train.seed': 100 + s, 'data.seed': s, **overrides}
-            for s in SEEDS for arm, overrides in ARMS.items()]
-  raise ValueError(f'unknown sweep {name!r}; choose main')
+  Seeds run innermost-last so that a partial study has every arm at seed 0 first.
+  `cached` (the kd and guide_kd arms from teacher-logits caches) goes in the same
+  --study_dir as `main`, so that the report pairs them with main's baseline and KD arms."""
+  if name not in SWEEPS:
+    raise ValueError(f'unknown sweep {name!r}; choose one of {sorted(SWEEPS)}')
+  return [{'name': f'{arm}/seed{s}', 'train.seed': 100 + s, 'data.seed': s, **overrides}
+          for s in SEEDS for arm, overrides in SWEEPS[name].items()]

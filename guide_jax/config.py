@@ -172,6 +172,9 @@ def base_config() -> ml_collections.ConfigDict:
                                    # guide_jax.teacher_logits): KD reads the teacher's
                                    # top-k from it and the teacher never runs; its params
                                    # are loaded only when GUIDE projects them
+  c.teacher.cache_top_k = 0        # > 0: a study run that reads the study's shared cache
+                                   # of this k (guide_jax.study builds one per data order
+                                   # and sets teacher.logits_dir); 0 = online teacher
   c.guide = guide_config()
   c.loss = loss_config()
   return c
@@ -327,6 +330,13 @@ def validate(c: ml_collections.ConfigDict, num_devices: int, num_processes: int 
            f"{('', *attention.KERNELS)} ('' = the teacher model's own)")
   if c.teacher.checkpoint or c.teacher.pretrain or c.teacher.logits_dir:
     validate_guide(c)
+  _require(c.teacher.cache_top_k >= 0,
+           f'teacher.cache_top_k={c.teacher.cache_top_k} must be >= 0')
+  _require(not c.teacher.cache_top_k or c.teacher.logits_dir,
+           f'teacher.cache_top_k={c.teacher.cache_top_k} is read by guide_jax.study, which '
+           f'builds the shared cache; outside a study, build one with python -m '
+           f'guide_jax.teacher_logits --top_k={c.teacher.cache_top_k} and set '
+           f'teacher.logits_dir')
   if c.teacher.logits_dir:
     _require(c.data.backend != 'seqio',
              "teacher.logits_dir needs the grain pipeline (data.backend embedded, files or "

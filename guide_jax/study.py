@@ -22,6 +22,7 @@ Then: python -m guide_jax.report --study_dir=STUDY_DIR
 
 from __future__ import annotations
 
+import hashlib
 import json
 import math
 import os
@@ -39,6 +40,7 @@ from guide_jax import cli
 
 FLAGS = flags.FLAGS
 FINAL = 'final.json'   # written last in each run's workdir: the run is done
+CACHES = 'teacher_logits'  # STUDY_DIR/teacher_logits/<cache_name>: the shared caches
 
 
 def plan(config, config_path: str, sweep_name: str, study_dir: pathlib.Path,
@@ -52,7 +54,47 @@ def plan(config, config_path: str, sweep_name: str, study_dir: pathlib.Path,
     config = config.copy_and_resolve_references()
     config.teacher.pretrain = type(config.teacher.pretrain)()
     config.teacher.checkpoint = str(teacher_dir)
-  return pretrain, teacher_dir, sweep.runs(config, entries, study_dir)
+  runs = sweep.runs(config, entries, study_dir)
+  for run in runs:  # runs with teacher.cache_top_k read the cache of their data order
+    if run.config.teacher.cache_top_k and not run.config.teacher.logits_dir:
+      run.config.teacher.logits_dir = str(study_dir / CACHES / cache_name(run.config))
+      run.overrides['teacher.logits_dir'] = run.config.teacher.logits_dir
+  return pretrain, teacher_dir, runs
+
+
+def cache_name(config) -> str:
+  """The shared teacher-logits cache of a run: one per data order (and k, temperature,
+  teacher dtype), whatever the arm, so arms that share the data seed share it."""
+  from guide_jax.train import teacher_cache
+  key = json.dumps([teacher_cache.data_order(config), config.teacher.cache_top_k,
+                    float(config.loss.temperature), config.teacher.dtype], sort_keys=True)
+  digest = hashlib.sha256(key.encode()).hexdigest()[:8]
+  return f'seed{config.data.seed}-k{config.teacher.cache_top_k}-{digest}'
+
+
+def build_caches(runs: list, log=print) -> None:
+  """Build (or finish) every cache the runs read, each for its longest run's steps. The
+  build's wall time goes to CACHE/build.json (summed over resumed builds), for the report."""
+  from guide_jax.train import teacher_cache
+  groups: dict[str, list] = {}
+  for run in runs:
+    if run.config.teacher.cache_top_k:
+      groups.setdefault(run.config.teacher.logits_dir, []).append(run)
+  for directory, members in groups.items():
+    steps = max(r.config.train.steps for r in members)
+    record = pathlib.Path(directory) / 'build.json'
+    done = json.loads(record.read_text()) if record.exists() else {'seconds': 0.0}
+    if done.get('steps', 0) >= steps:
+      continue
+    log(f'teacher logits -> {directory} ({steps} steps, k={members[0].config.teacher.cache_top_k}'
+        f', for {", ".join(r.name for r in members)})')
+    start = time.perf_counter()
+    result = teacher_cache.build(members[0].config, directory,
+                                 members[0].config.teacher.cache_top_k, steps, log=log)
+    done = {'seconds': done['seconds'] + time.perf_counter() - start, 'steps': steps,
+            'tokens_per_s': result.tokens_per_s,
+            'bytes_per_token': result.manifest['bytes_per_token']}
+    record.write_text(json.dumps(done, indent=2))
 
 
 def select(runs: list, only: str) -> list:
@@ -61,8 +103,10 @@ def select(runs: list, only: str) -> list:
 
 def run_all(config, config_path: str, sweep_name: str, study_dir: pathlib.Path,
             teacher_dir: pathlib.Path | None = None, only: str = '',
-            log=print) -> list[dict]:
-  """Train the teacher (once) and every unfinished run; the finals of all selected runs."""
+            log=print, caches_only: bool = False) -> list[dict]:
+  """Train the teacher (once), build the teacher-logits caches the unfinished runs read
+  (once per data order), and train every unfinished run; the finals of all selected runs.
+  `caches_only` stops after the caches."""
   from guide_jax.train import trainer
   pretrain, teacher_dir, runs = plan(config, config_path, sweep_name, study_dir, teacher_dir)
   study_dir.mkdir(parents=True, exist_ok=True)
@@ -77,6 +121,9 @@ def run_all(config, config_path: str, sweep_name: str, study_dir: pathlib.Path,
       log('the teacher was interrupted; rerun the same command to resume it')
       return []
     _finish(result, pretrain, teacher_dir, 'teacher', {})
+  build_caches([r for r in runs if not (pathlib.Path(r.workdir) / FINAL).exists()], log)
+  if caches_only:
+    return []
   finals = []
   for i, run in enumerate(runs):
     workdir = pathlib.Path(run.workdir)
@@ -108,14 +155,22 @@ def run_parallel(config, config_path: str, sweep_name: str, study_dir: pathlib.P
   workers = max(1, min(workers, len(cpus)))
   shares = [cpus[i::workers] for i in range(workers)]
 
-  def start(name_regex: str, cores: list[int], logfile: pathlib.Path) -> subprocess.Popen:
+  def start(name_regex: str, cores: list[int], logfile: pathlib.Path,
+            *extra: str) -> subprocess.Popen:
     logfile.parent.mkdir(parents=True, exist_ok=True)
     with open(logfile, 'a') as out:
       return subprocess.Popen(
           [sys.executable, '-m', 'guide_jax.study', f'--config={config_path}',
            *config_overrides, f'--sweep={sweep_name}', f'--study_dir={study_dir}',
            f'--teacher_dir={teacher_dir}', f'--runs={name_regex}',
-           f'--cpus={",".join(map(str, cores))}'], stdout=out, stderr=subprocess.STDOUT)
+           f'--cpus={",".join(map(str, cores))}', *extra], stdout=out,
+          stderr=subprocess.STDOUT)
+
+  def wait_for(child: subprocess.Popen, name: str) -> int:
+    children[0] = (child, name)  # in `children` meanwhile, so SIGTERM reaches it
+    code = child.wait()
+    del children[0]
+    return code
 
   children: dict[int, tuple[subprocess.Popen, str]] = {}  # slot -> (process, run name)
   stopping = []
@@ -128,14 +183,19 @@ def run_parallel(config, config_path: str, sweep_name: str, study_dir: pathlib.P
   try:
     if pretrain is not None and not (teacher_dir / FINAL).exists():
       log(f'teacher -> {teacher_dir} (cores {cpus})')
-      children[0] = (start('^$', cpus, teacher_dir / 'study.log'), 'teacher')  # no run
-      code = children[0][0].wait()  # in `children` meanwhile, so SIGTERM reaches it
-      del children[0]
+      code = wait_for(start('^$', cpus, teacher_dir / 'study.log'), 'teacher')  # no run
       if stopping:
         log('the teacher was interrupted; rerun the same command to resume it')
         return failed
       if code != 0 or not (teacher_dir / FINAL).exists():
         return ['teacher']
+    if any(r.config.teacher.cache_top_k for r in queue):  # before the runs, on every core
+      log(f'teacher logits -> {study_dir / CACHES} (cores {cpus})')
+      names = '|'.join(f'^{re.escape(r.name)}$' for r in queue)
+      code = wait_for(start(names, cpus, study_dir / CACHES / 'study.log',
+                            '--build_caches_only'), 'teacher logits')
+      if stopping or code != 0:
+        return [] if stopping else ['teacher logits']
     while children or (queue and not stopping):
       for slot in range(workers):
         if slot not in children and queue and not stopping:
@@ -182,6 +242,8 @@ def define_flags() -> None:
   flags.DEFINE_integer('parallel', 1, 'Runs trained at a time, one process each.')
   flags.DEFINE_string('cpus', '', 'Comma-separated cores this process may use (set by '
                       '--parallel for its children).')
+  flags.DEFINE_bool('build_caches_only', False, 'Build the teacher-logits caches of the '
+                    'selected runs and stop (--parallel runs this first).')
   flags.mark_flags_as_required(['config', 'study_dir'])
 
 
@@ -210,7 +272,8 @@ def main(argv):
               file=sys.stderr)
         return 1
     else:
-      run_all(config, config_path, FLAGS.sweep, study_dir, teacher_dir, FLAGS.runs)
+      run_all(config, config_path, FLAGS.sweep, study_dir, teacher_dir, FLAGS.runs,
+              caches_only=FLAGS.build_caches_only)
     print(f'report: python -m guide_jax.report --study_dir={study_dir}')
     return 0
 

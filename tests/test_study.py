@@ -72,6 +72,27 @@ def test_study_regime_is_sized_as_its_issue_asks():
   assert all(r.config.train.eval_at_start for r in runs)
 
 
+def test_cached_arms_share_one_teacher_logits_cache_per_data_seed(tmp_path):
+  """The regime study's `cached` sweep: kd_cached and guide_kd_cached of a seed read one
+  cache (their data order is the same), each seed its own; the online arms none."""
+  module = sweep.load_module(f'{REPO}/experiments/study_regime.py')
+  config = module.get_config()
+  path = f'{REPO}/experiments/study_regime.py'
+  _, _, runs = study.plan(config, path, 'main', tmp_path)
+  assert not any(r.config.teacher.logits_dir for r in runs)
+  _, teacher_dir, runs = study.plan(config, path, 'cached', tmp_path)
+  caches = {r.name: r.config.teacher.logits_dir for r in runs if r.config.teacher.logits_dir}
+  assert sorted(caches) == sorted(f'{a}_cached/seed{s}' for a in ('kd', 'guide_kd')
+                                  for s in module.SEEDS)
+  for s in module.SEEDS:
+    assert caches[f'kd_cached/seed{s}'] == caches[f'guide_kd_cached/seed{s}']
+    assert caches[f'kd_cached/seed{s}'].startswith(f'{tmp_path}/teacher_logits/seed{s}-k64-')
+  assert len(set(caches.values())) == len(module.SEEDS)
+  cached = next(r for r in runs if r.name == 'kd_cached/seed0')
+  assert f'--config.teacher.logits_dir={caches["kd_cached/seed0"]}' in cached.flags()
+  assert cached.config.teacher.checkpoint == str(teacher_dir)
+
+
 def _fake_run(root, name, losses, teacher=2.0, split='test'):
   """A finished run: metrics.jsonl with an eval curve and final.json."""
   workdir = root / name
