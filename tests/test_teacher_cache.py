@@ -286,3 +286,35 @@ def test_cli_on_one_device_writes_the_records_of_eight(built, tmp_path):
     records = b''.join((root / 'k16' / 'rows' / f'{row:06d}' / f'{b:06d}.bin').read_bytes()
                        for b in range(2))
     assert (tmp_path / 'cache' / 'rows' / f'{row:06d}' / '000000.bin').read_bytes() == records
+
+
+@pytest.mark.slow  # three subprocess builds
+def test_two_processes_write_the_cache_of_one(built, tmp_path):
+  """Each of 2 processes (2 devices each) writes its own rows; together the bytes of one
+  process with 4 devices, and of the in-process build on 8."""
+  from test_multiprocess import _free_port
+  root = built[0]
+  env = {k: v for k, v in os.environ.items() if k not in ('XLA_FLAGS', 'JAX_PLATFORMS')}
+  worker = os.path.join(REPO, 'tests', 'mp_cache_worker.py')
+
+  def run(nproc, devices, out):
+    port = _free_port()
+    procs = [subprocess.Popen([sys.executable, worker, str(pid), str(nproc), str(port),
+                               str(devices), str(root / 'teacher'), str(out)], env=env,
+                              stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+             for pid in range(nproc)]
+    for p in procs:
+      log, _ = p.communicate(timeout=600)
+      assert p.returncode == 0, log[-3000:]
+
+  run(1, 4, tmp_path / 'one')
+  run(2, 2, tmp_path / 'two')
+  rows = lambda d: {k: v for k, v in _files(d).items() if k.startswith('rows')}
+  one = rows(tmp_path / 'one')
+  assert len(one) == 8 * 8 and one == rows(tmp_path / 'two') == rows(root / 'k16')
+  # The manifests agree but for the eval loss's float summation order over processes.
+  m1, m2 = (json.loads((tmp_path / d / 'manifest.json').read_text()) for d in ('one', 'two'))
+  e1, e2 = m1.pop('teacher_eval'), m2.pop('teacher_eval')
+  assert e1['eval_loss'] == pytest.approx(e2['eval_loss'], rel=1e-6)
+  n1, n2 = m1['teacher'].pop('param_norms'), m2['teacher'].pop('param_norms')
+  assert m1 == m2 and n1 == pytest.approx(n2, rel=1e-6)
