@@ -252,6 +252,8 @@ def test_missing_truncated_and_other_teacher_caches_are_refused(built, tmp_path)
   trainer.train(other, tmp_path / 'other_teacher')
   cfg.teacher.logits_dir = str(root / 'k16')
   cfg.teacher.checkpoint = str(tmp_path / 'other_teacher')
+  with pytest.raises(teacher_cache.CacheError, match='the cache stands for its teacher'):
+    trainer.train(cfg, tmp_path / 'run')  # the kd arm: only the teacher's name to compare
   cfg.guide.init = 'embeddings'
   with pytest.raises(teacher_cache.CacheError, match='its parameters differ'):
     trainer.train(cfg, tmp_path / 'run')

@@ -221,6 +221,11 @@ def check_matches(m: dict, cfg, directory: epath.Path, teacher_model=None,
                   if mine.get(k) != m['teacher']['model'].get(k))
       refuse(f'the teacher\'s model.{diff}', mine.get(diff), m['teacher']['model'].get(diff),
              'point teacher.checkpoint at the cache\'s teacher or ' + rebuild)
+  if norms is None and cfg.teacher.checkpoint and (
+      str(paths.workdir_path(cfg.teacher.checkpoint)) != m['teacher']['checkpoint']):
+    refuse('teacher.checkpoint', str(cfg.teacher.checkpoint), m['teacher']['checkpoint'],
+           'the cache stands for its teacher: point teacher.checkpoint at it, leave it '
+           'empty, or ' + rebuild)
   if norms is not None:
     stored = m['teacher']['param_norms']
     bad = [k for k in norms if k not in stored or
@@ -404,6 +409,7 @@ def write(cfg, out: epath.Path, teacher, data, mesh, rules, top_k: int, steps: i
         raise CacheError(f'--{key}={new[key]!r} but --out={str(out)!r} holds a cache built '
                          f'with {old[key]!r}; use a new --out')
     steps = new['steps'] = max(steps, old['steps'])  # a shorter --steps builds nothing
+    new['steps_per_file'] = old['steps_per_file']     # the files on disk decide
     if 'teacher_eval' in old:
       new['teacher_eval'] = old['teacher_eval']
   layout = layout_of(new)
