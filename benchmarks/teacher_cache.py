@@ -148,9 +148,7 @@ def memory() -> None:
     field = lambda shape, dt: jax.ShapeDtypeStruct(shape, dt, sharding=bs)
     batch = {n: field((b, s), jnp.float32 if n == 'loss_weights' else jnp.int32)
              for n in ('inputs', 'targets', 'positions', 'segment_ids', 'loss_weights')}
-    cached = {'teacher_logits': field((b, s, k), jnp.float32),
-              'teacher_ids': field((b, s, k), jnp.int32),
-              **{n: field((b, s), jnp.float32) for n in teacher_cache.FLOAT_FIELDS}}
+    cached = teacher_cache.abstract_fields(b, s, k, bs)
     teacher_params = sharding.abstract(abstract_t, shard_t)
     per_device_teacher = sum(x.size * x.dtype.itemsize for x in jax.tree.leaves(abstract_t)) / 8
     for name, teacher_cfg, args in (

@@ -60,8 +60,10 @@ def parse_topology(name: str) -> tuple[str, int]:
   return generation, math.prod(int(d) for d in dims.split('x'))
 
 
-def compile_step(cfg, t_model, devices):
-  """(compiled train step, compile seconds) on a mesh over `devices`, all inputs abstract."""
+def compile_step(cfg, t_model, devices, teacher_top_k: int = 0):
+  """(compiled train step, compile seconds) on a mesh over `devices`, all inputs abstract.
+  `teacher_top_k` > 0: the step that reads a teacher-logits cache of that k instead of
+  running the teacher (its parameters are then no input of the step)."""
   import jax
   import jax.numpy as jnp
   from guide_jax import guide, losses, sharding
@@ -69,6 +71,7 @@ def compile_step(cfg, t_model, devices):
   from guide_jax.models import transformer
   from guide_jax.train import optimizer, steps
   from guide_jax.train import teacher as teacher_lib
+  from guide_jax.train import teacher_cache
 
   t_model = teacher_lib.runtime_model(t_model, cfg.teacher.dtype,  # as the trainer runs it
                                       cfg.teacher.attention_kernel)
@@ -95,9 +98,12 @@ def compile_step(cfg, t_model, devices):
     batch = {k: jax.ShapeDtypeStruct((b, s), jnp.float32 if k == 'loss_weights' else jnp.int32,
                                      sharding=batch_sharding)
              for k in packing.FIELDS}
+    if teacher_top_k:
+      batch.update(teacher_cache.abstract_fields(b, s, teacher_top_k, batch_sharding))
+      teacher_params = {}
     loss = losses.DistillLoss(cfg.loss, cfg.train.steps, cfg.train.z_loss)
     objective = steps.distill_objective(
-        s_model, t_model, loss, layers,
+        s_model, None if teacher_top_k else t_model, loss, layers,
         losses.resolve_chunk_len(cfg.loss.chunk_len, cfg.data.seq_len))
     step = steps.jit_train_step(objective, tx, cfg.train, shardings)
     start = time.perf_counter()
@@ -112,7 +118,7 @@ def _xla_cost(compiled) -> tuple[float, float]:
   return float(cost.get('flops', 0.0)), float(cost.get('bytes accessed', 0.0))
 
 
-def whole_step_cost(cfg, t_model, devices) -> tuple[float, float]:
+def whole_step_cost(cfg, t_model, devices, teacher_top_k: int = 0) -> tuple[float, float]:
   """XLA's (FLOPs, bytes accessed) per device for the whole step, every block counted.
 
   XLA's cost analysis counts a loop body once, so a scanned model reports one block per
@@ -140,7 +146,7 @@ def whole_step_cost(cfg, t_model, devices) -> tuple[float, float]:
     c.data.global_batch_size = cfg.data.global_batch_size // accum
     t = t_model.copy_and_resolve_references()
     t.n_layers, t.scan_layers = teacher_blocks, False
-    return np.array(_xla_cost(compile_step(c, t, devices)[0]))
+    return np.array(_xla_cost(compile_step(c, t, devices, teacher_top_k)[0]))
 
   s0 = min(n_student, 2)
   t0 = max(s0, min(n_teacher, 2))
@@ -155,10 +161,12 @@ def whole_step_cost(cfg, t_model, devices) -> tuple[float, float]:
 
 
 def report(cfg, module, topology: str, whole_step: bool = True,
-           attention_kernel: str = '') -> dict:
+           attention_kernel: str = '', teacher_top_k: int = 0) -> dict:
   """Compile for `topology` and return the per-chip numbers (see the module docstring).
   `attention_kernel` (e.g. 'xla' against 'splash') sets model.attention_kernel and
-  teacher.attention_kernel; '' keeps the config's."""
+  teacher.attention_kernel; '' keeps the config's. `teacher_top_k` > 0 compiles the step
+  that reads a teacher-logits cache of that k (as does a config with teacher.logits_dir,
+  at its cache's k)."""
   for key, value in QUIET_LIBTPU.items():
     os.environ.setdefault(key, value)
   from jax.experimental import topologies
@@ -178,13 +186,19 @@ def report(cfg, module, topology: str, whole_step: bool = True,
   per_chip = len(devices) // chips  # v4 exposes both TensorCores of a chip as devices
   hbm, peak, bandwidth = (chip.hbm_bytes / per_chip, chip.peak_flops / per_chip,
                           chip.hbm_bandwidth / per_chip)
-  compiled, compile_s = compile_step(cfg, t_model, devices)
+  if not teacher_top_k and cfg.teacher.logits_dir:
+    from guide_jax.train import teacher_cache
+    from guide_jax import paths
+    teacher_top_k = teacher_cache.read_manifest(
+        paths.workdir_path(cfg.teacher.logits_dir))['top_k']
+  compiled, compile_s = compile_step(cfg, t_model, devices, teacher_top_k)
   mem = compiled.memory_analysis()
   total = (mem.argument_size_in_bytes + mem.output_size_in_bytes + mem.temp_size_in_bytes
            - mem.alias_size_in_bytes)
   tokens = cfg.data.global_batch_size * cfg.data.seq_len
   model_flops = tokens * (flops.train_flops_per_token(cfg.model, cfg.data.seq_len) +
-                          flops.forward_flops_per_token(t_model, cfg.data.seq_len))
+                          (0 if teacher_top_k else
+                           flops.forward_flops_per_token(t_model, cfg.data.seq_len)))
   # XLA's cost analysis of the scanned step counts each loop body once (one block per
   # stack): reported as is. whole_step_cost counts every block, but XLA can still only
   # miss work: loops it adds itself (likely the windowed einsums of FSDP matmuls) count
@@ -195,7 +209,7 @@ def report(cfg, module, topology: str, whole_step: bool = True,
   # collective cost), so it is one too, and its MFU an upper bound.
   xla_flops, xla_bytes = _xla_cost(compiled)
   flops_per_device = model_flops / len(devices)
-  step_flops, step_bytes = (whole_step_cost(cfg, t_model, devices) if whole_step
+  step_flops, step_bytes = (whole_step_cost(cfg, t_model, devices, teacher_top_k) if whole_step
                             else (0.0, 0.0))
   compute_s = max(flops_per_device, step_flops) / peak
   memory_s = step_bytes / bandwidth
@@ -206,6 +220,7 @@ def report(cfg, module, topology: str, whole_step: bool = True,
       # the kernels the step's self-attentions run (model.attention_kernel, resolved)
       'attention_kernel': attention.choose(cfg.model, cfg.data.seq_len, 'tpu'),
       'teacher_attention_kernel': attention.choose(t_running, cfg.data.seq_len, 'tpu'),
+      'teacher_logits_top_k': teacher_top_k,  # 0: the teacher runs in the step
       'compile_s': compile_s,
       'per_device': {'argument_bytes': mem.argument_size_in_bytes,
                      'output_bytes': mem.output_size_in_bytes,
@@ -250,6 +265,9 @@ def define_flags() -> None:
   flags.DEFINE_enum('attention_kernel', '', ['', 'auto', 'xla', 'splash'],
                     "Sets model.attention_kernel and teacher.attention_kernel (to compare "
                     "kernels); '' keeps the config's.")
+  flags.DEFINE_integer('teacher_logits_top_k', 0, 'Compile the step that reads a '
+                       'teacher-logits cache of this k instead of running the teacher '
+                       '(default: the k of teacher.logits_dir, if the config names one).')
   flags.mark_flag_as_required('config')
 
 
@@ -271,7 +289,8 @@ def _main() -> int:
   module = sweep.load_module(config_flags.get_config_filename(f['config']).split(':')[0])
   import jax
   try:
-    r = report(cfg, module, topology, f.whole_step, f.attention_kernel)
+    r = report(cfg, module, topology, f.whole_step, f.attention_kernel,
+               f.teacher_logits_top_k)
   except ValueError as e:
     if isinstance(e, config_lib.ConfigError):
       raise
@@ -283,8 +302,10 @@ def _main() -> int:
     print(f'error: does not fit {topology}: {reason} {advice(cfg)}', file=sys.stderr)
     return 1
   d, gib = r['per_device'], 2**30
+  teacher = (f'teacher from a top-{r["teacher_logits_top_k"]} logits cache'
+             if r['teacher_logits_top_k'] else f'teacher {r["teacher_attention_kernel"]}')
   print(f'{topology}: {r["devices"]} x {r["device_kind"]}; compiled in {r["compile_s"]:.1f}s; '
-        f'attention: student {r["attention_kernel"]}, teacher {r["teacher_attention_kernel"]}')
+        f'attention: student {r["attention_kernel"]}, {teacher}')
   print(f'per chip: arguments {d["argument_bytes"] / gib:.2f} GiB, temporaries '
         f'{d["temp_bytes"] / gib:.2f} GiB, outputs {d["output_bytes"] / gib:.2f} GiB '
         f'(aliased {d["alias_bytes"] / gib:.2f}), total {d["total_bytes"] / gib:.2f} of '

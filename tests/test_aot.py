@@ -120,3 +120,17 @@ def test_paper_configs_fit_their_stated_slice(name):
   r = json.loads(out.stdout.strip().splitlines()[-1])
   assert r['fits'] and r['topology']
   assert r['attention_kernel'] == r['teacher_attention_kernel'] == 'splash'
+
+
+@needs_libtpu
+def test_a_step_from_a_teacher_logits_cache_holds_no_teacher():
+  """--teacher_logits_top_k compiles the step that reads the cache: the teacher's
+  parameters are no argument of it, and its FLOPs are not counted."""
+  args = ('--config=experiments/guide_tiny.py', '--topology=v5e:2x2', '--whole_step=false')
+  online, cached = run_aot(*args), run_aot(*args, '--teacher_logits_top_k=16')
+  assert online.returncode == 0 and cached.returncode == 0, cached.stderr[-3000:]
+  r0, r1 = (json.loads(o.stdout.strip().splitlines()[-1]) for o in (online, cached))
+  assert r0['teacher_logits_top_k'] == 0 and r1['teacher_logits_top_k'] == 16
+  assert r1['per_device']['argument_bytes'] < r0['per_device']['argument_bytes']
+  assert r1['model_flops_per_step'] < r0['model_flops_per_step']
+  assert 'teacher from a top-16 logits cache' in cached.stdout

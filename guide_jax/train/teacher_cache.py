@@ -248,6 +248,15 @@ def teacher_eval(m: dict, cfg) -> dict[str, float]:
   return {'teacher/eval_loss': e['eval_loss']}
 
 
+def abstract_fields(batch_size: int, seq_len: int, top_k: int, sharding) -> dict:
+  """The cached fields of a batch as the step receives them (ShapeDtypeStructs: the
+  reader decodes ids to int32 and logits to float32), for AOT and memory checks."""
+  field = lambda shape, dt: jax.ShapeDtypeStruct(shape, dt, sharding=sharding)
+  return {'teacher_logits': field((batch_size, seq_len, top_k), jnp.float32),
+          'teacher_ids': field((batch_size, seq_len, top_k), jnp.int32),
+          **{name: field((batch_size, seq_len), jnp.float32) for name in FLOAT_FIELDS}}
+
+
 # --- the reader ------------------------------------------------------------------------------
 
 
