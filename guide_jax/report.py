@@ -89,8 +89,10 @@ def load_study(study_dir: pathlib.Path) -> dict:
   teacher_metrics = teacher_dir / 'metrics.jsonl'
   teacher_curve = ({r['tokens']: r['eval/loss'] for r in _read_jsonl(teacher_metrics)
                     if 'eval/loss' in r} if teacher_metrics.exists() else {})
+  caches = {p.parent.name: json.loads(p.read_text())  # guide_jax.study's shared caches
+            for p in sorted((study_dir / 'teacher_logits').glob('*/build.json'))}
   return {'meta': meta, 'arms': arms, 'teacher_harness': harness_scores(teacher_dir),
-          'teacher_curve': teacher_curve}
+          'teacher_curve': teacher_curve, 'teacher_logits_caches': caches}
 
 
 HARNESS_RESULTS = 'lm_eval_results.json'  # what `python -m guide_jax.evaluate` writes
@@ -148,6 +150,8 @@ def summarize(study: dict) -> dict:
       entry['gap_closure_ci95'] = list(ci95(closures)[1:])
     bits = [r['final'].get('eval/bits_per_byte') for r in seeds.values()]
     entry['bits_per_byte_mean'] = statistics.fmean(bits) if None not in bits else None
+    walls = [r['final'].get('wall_s') for r in seeds.values()]
+    entry['wall_s_mean'] = statistics.fmean(walls) if None not in walls else None
     params = {r['final'].get('student_params') for r in seeds.values()}
     if len(params) == 1 and None not in params:
       entry['student_params'] = params.pop()
@@ -171,7 +175,8 @@ def summarize(study: dict) -> dict:
           'baseline_last_quarter_improvement': last_quarter_improvement(baseline_curve),
           'student_tokens_per_param': (tokens.pop() / params.pop()
                                        if len(params) == 1 and len(tokens) == 1 else None),
-          'arms': out_arms, 'verdicts': verdicts(study, teacher)}
+          'arms': out_arms, 'verdicts': verdicts(study, teacher),
+          'teacher_logits_caches': study.get('teacher_logits_caches', {})}
 
 
 def _mean_curve(seeds: dict) -> dict[int, float]:
@@ -297,6 +302,16 @@ def markdown(study: dict, summary: dict, title: str) -> str:
                  f'{fmt(s["gap_closure_mean"], None if one else s["gap_closure_std"], True)} | '
                  + (f'{_interval(s["gap_closure_ci95"])} |'
                     if 'gap_closure_ci95' in s and not one else '— |'))
+  walls = {arm: s['wall_s_mean'] for arm, s in summary['arms'].items()
+           if s.get('wall_s_mean') is not None}
+  if walls:
+    lines += ['', 'Wall time of a run (mean over seeds, as the runner measured it, so it '
+              'depends on what else ran): ' + ', '.join(f'{arm} {w:.0f} s'
+                                                         for arm, w in walls.items()) + '.']
+  for name, c in summary.get('teacher_logits_caches', {}).items():
+    lines.append(f'- teacher-logits cache {name}: {c["steps"]} steps built in '
+                 f'{c["seconds"]:.0f} s ({c["tokens_per_s"]:,.0f} tokens/s after the first '
+                 f'step, {c["bytes_per_token"]:.0f} bytes/token)')
   lines += ['', '| arm | what it sets (besides train.seed, data.seed) |', '|---|---|']
   for arm, seeds in study['arms'].items():
     overrides = next(iter(seeds.values()))['final'].get('overrides', {})

@@ -113,7 +113,17 @@ def test_report_gap_closure_is_paired_by_seed(tmp_path):
     _fake_run(tmp_path, name, losses)
   (tmp_path / 'study.json').write_text(json.dumps(
       {'config': 'x.py', 'sweep': 'main', 'runs': {**{n: {} for n in runs}, 'kd/seed2': {}}}))
+  for name, seconds in (('kd/seed0', 30.0), ('kd/seed1', 50.0)):
+    final = tmp_path / name / 'final.json'
+    final.write_text(json.dumps({**json.loads(final.read_text()), 'wall_s': seconds}))
+  cache = tmp_path / 'teacher_logits' / 'seed0-k64-abc'
+  cache.mkdir(parents=True)
+  build = {'seconds': 12.0, 'steps': 2, 'tokens_per_s': 1000.0, 'bytes_per_token': 396.0}
+  (cache / 'build.json').write_text(json.dumps(build))
   summary = report.write(tmp_path)
+  assert summary['arms']['kd']['wall_s_mean'] == 40.0
+  assert summary['arms']['guide']['wall_s_mean'] is None  # not measured
+  assert summary['teacher_logits_caches'] == {'seed0-k64-abc': build}
   guide = summary['arms']['guide']
   closures = [(4.0 - 3.5) / (4.0 - 2.0), (4.2 - 3.6) / (4.2 - 2.0)]
   assert guide['gap_closure_mean'] == pytest.approx(sum(closures) / 2, abs=1e-12)
@@ -125,6 +135,8 @@ def test_report_gap_closure_is_paired_by_seed(tmp_path):
   assert summary['teacher_eval_loss'] == 2.0
   text = (tmp_path / 'report.md').read_text()
   assert 'GUIDE alone beats KD alone' in text and 'kd/seed2' in text  # unfinished is named
+  assert 'kd 40 s.' in text
+  assert 'teacher-logits cache seed0-k64-abc: 2 steps built in 12 s (1,000 tokens/s' in text
   assert (tmp_path / 'loss_curves.png').stat().st_size > 1000
   assert (tmp_path / 'gap_closure.png').stat().st_size > 1000
   assert json.loads((tmp_path / 'summary.json').read_text()) == summary
