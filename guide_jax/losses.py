@@ -274,16 +274,15 @@ class DistillLoss:
     kd_args = (self.cfg.temperature, self.cfg.kd_kind, self.cfg.jsd_beta)
     if isinstance(teacher, dict):  # cached: its CE and top-1 are exact, its KD sparse
       kd = sparse_kd_per_token(student_logits, teacher, *kd_args)
-      teacher_ce = teacher['teacher_lse'] - teacher['teacher_target_logit']
+      teacher_ce = jnp.sum((teacher['teacher_lse'] - teacher['teacher_target_logit'])
+                           * weights)
       teacher_top1 = teacher['teacher_ids'][..., 0]
     else:
       kd = kd_per_token(student_logits, teacher, *kd_args)
-      teacher_ce = (jax.nn.logsumexp(teacher.astype(jnp.float32), axis=-1)
-                    - jnp.take_along_axis(teacher.astype(jnp.float32), targets[..., None],
-                                          axis=-1)[..., 0])
+      teacher_ce = cross_entropy_sums(teacher, targets, weights)['ce']
       teacher_top1 = jnp.argmax(teacher, axis=-1)
     agree = jnp.argmax(student_logits, -1) == teacher_top1
-    sums.update(kd=jnp.sum(kd * weights), teacher_ce=jnp.sum(teacher_ce * weights),
+    sums.update(kd=jnp.sum(kd * weights), teacher_ce=teacher_ce,
                 agreement=jnp.sum(agree.astype(jnp.float32) * weights))
     return loss + self.w_kd(step) * sums['kd'], sums
 
