@@ -332,7 +332,9 @@ def cached_fields(z: jax.Array, targets: jax.Array, top_k: int,
   """What the cache keeps of the teacher's float32 logits z [..., V] (CACHED_TEACHER_FIELDS),
   every logit relative to the top-1 (shift-invariant for every use, and small numbers
   where bfloat16 storage is most precise)."""
-  top, ids = jax.lax.top_k(z, top_k)
+  # The barrier keeps XLA:CPU on its TopK routine: fused with a consumer, the top-k
+  # becomes a full sort of the vocabulary (11x slower at V = 1,024).
+  top, ids = jax.lax.optimization_barrier(jax.lax.top_k(z, top_k))
   shift = top[..., :1]
   in_top = jnp.put_along_axis(jnp.zeros(z.shape, bool), ids, True, axis=-1, inplace=False)
   rest = jax.nn.logsumexp(jnp.where(in_top, -jnp.inf, (z - shift) / temperature), axis=-1)
