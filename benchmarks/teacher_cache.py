@@ -81,6 +81,8 @@ def speed(rounds: int) -> None:
       return jax.jit(steps.make_train_step(objective, tx, 1, lambda _: 1e-3))
 
     online_step, cached_step = train_step(teacher), train_step(None)
+    lm_step = jax.jit(steps.make_train_step(
+        steps.lm_objective(student, cfg.train.z_loss), tx, 1, lambda _: 1e-3))
     cached_batch = {**batch, **cached}
     forward = jax.jit(lambda p, x: transformer.bind(teacher, p)(
         x['inputs'], x['positions'], x['segment_ids']))
@@ -90,6 +92,7 @@ def speed(rounds: int) -> None:
       return [layout.encode(out, r) for r in range(b)]
 
     work = {
+        'CE-only step (no KD)': lambda: lm_step(state0, batch),
         'online KD step': lambda: online_step(state0, batch, tp, {}),
         'cached KD step': lambda: cached_step(state0, cached_batch, {}, {}),
         'teacher forward': lambda: forward(tp, batch),
@@ -111,6 +114,10 @@ def speed(rounds: int) -> None:
   for name, t in med.items():
     print(f'| {name} | {t * 1e3:.2f} | {b * s / t:,.0f} |')
   print(f'\nonline / cached KD step time: {med["online KD step"] / med["cached KD step"]:.2f}x')
+  base = med['CE-only step (no KD)']
+  print(f'KD\'s cost over the CE-only step: online +{(med["online KD step"] - base) * 1e3:.1f} '
+        f'ms (the teacher forward alone {med["teacher forward"] * 1e3:.1f} ms), cached '
+        f'+{(med["cached KD step"] - base) * 1e3:.1f} ms')
   print(f'cache build step / teacher forward: '
         f'{med["cache build step"] / med["teacher forward"]:.2f}x')
   storage_table(s, teacher.vocab_size)
@@ -186,12 +193,12 @@ def accuracy(study_dir: str, n_batches: int) -> None:
       out = {'full': full}
       for k in ks:
         fields = teacher_cache.cached_fields(zt, batch['targets'], k, 1.0)
-        out[k] = losses.sparse_kd_per_token(zs, fields, 1.0)
+        out[f'k{k}'] = losses.sparse_kd_per_token(zs, fields, 1.0)
         out[f'mass{k}'] = jnp.exp(jax.nn.logsumexp(fields['teacher_logits'], -1)
                                   - fields['teacher_lse'])
       return out
 
-    rows = {key: [] for key in ['full', *ks, *(f'mass{k}' for k in ks)]}
+    rows = {key: [] for key in ['full', *(f'k{k}' for k in ks), *(f'mass{k}' for k in ks)]}
     for step in range(n_batches):
       local = data.train.batch_at(step)
       out = jax.device_get(measure(teacher.params, student.params,
@@ -206,7 +213,7 @@ def accuracy(study_dir: str, n_batches: int) -> None:
         'mean abs difference | relative |')
   print('|---|---|---|---|---|---|')
   for k in ks:
-    sparse = np.concatenate(rows[k])
+    sparse = np.concatenate(rows[f'k{k}'])
     mass = np.concatenate(rows[f'mass{k}']).mean()
     diff = sparse - full
     print(f'| {k} | {mass:.4f} | {sparse.mean():.5f} | {diff.mean():+.2e} | '

@@ -176,6 +176,7 @@ def summarize(study: dict) -> dict:
           'student_tokens_per_param': (tokens.pop() / params.pop()
                                        if len(params) == 1 and len(tokens) == 1 else None),
           'arms': out_arms, 'verdicts': verdicts(study, teacher),
+          'cached_vs_online': cached_vs_online(study, out_arms, teacher),
           'teacher_logits_caches': study.get('teacher_logits_caches', {})}
 
 
@@ -230,6 +231,29 @@ def _final_closures(study: dict, arm: str, teacher: float) -> dict[str, float]:
   base = study['arms'].get(BASELINE, {})
   return {s: closure(base[s]['final']['eval/loss'], r['final']['eval/loss'], teacher)
           for s, r in study['arms'].get(arm, {}).items() if s in base}
+
+
+CACHED = '_cached'  # an arm `X_cached` is arm X trained from teacher-logits caches
+
+
+def cached_vs_online(study: dict, arms: dict, teacher: float | None) -> dict:
+  """For every arm `X_cached` beside an arm `X`: the gap closure of cached minus online,
+  paired by seed (mean and 95% interval), and the ratio of their mean wall times."""
+  out = {}
+  for arm in arms:
+    online = arm[:-len(CACHED)]
+    if not arm.endswith(CACHED) or online not in arms or teacher is None:
+      continue
+    mine, theirs = (_final_closures(study, a, teacher) for a in (arm, online))
+    diffs = [mine[s] - theirs[s] for s in mine if s in theirs]
+    if not diffs:
+      continue
+    mean, lo, hi = ci95(diffs)
+    walls = arms[arm].get('wall_s_mean'), arms[online].get('wall_s_mean')
+    out[arm] = {'online': online, 'seeds': len(diffs), 'closure_diff_mean': mean,
+                'closure_diff_ci95': [lo, hi],
+                'wall_ratio': walls[1] / walls[0] if None not in walls else None}
+  return out
 
 
 def verdicts(study: dict, teacher: float | None) -> list[dict]:
@@ -312,10 +336,20 @@ def markdown(study: dict, summary: dict, title: str) -> str:
     lines.append(f'- teacher-logits cache {name}: {c["steps"]} steps built in '
                  f'{c["seconds"]:.0f} s ({c["tokens_per_s"]:,.0f} tokens/s after the first '
                  f'step, {c["bytes_per_token"]:.0f} bytes/token)')
-  lines += ['', '| arm | what it sets (besides train.seed, data.seed) |', '|---|---|']
+  if summary.get('cached_vs_online'):
+    lines += ['', '## KD from teacher-logits caches against online KD', '',
+              '| arm | online arm | gap closure, cached - online [95% CI, paired seeds] | '
+              'wall time, online / cached |', '|---|---|---|---|']
+    for arm, c in summary['cached_vs_online'].items():
+      ratio = f'{c["wall_ratio"]:.2f}x' if c['wall_ratio'] else '—'
+      lines.append(f'| {arm} | {c["online"]} | {c["closure_diff_mean"]:+.2%} '
+                   f'{_interval(c["closure_diff_ci95"])} | {ratio} |')
+  lines += ['', '| arm | what it sets (besides train.seed, data.seed and the seed\'s '
+            'teacher.logits_dir) |', '|---|---|']
   for arm, seeds in study['arms'].items():
     overrides = next(iter(seeds.values()))['final'].get('overrides', {})
-    shown = {k: v for k, v in overrides.items() if k not in ('train.seed', 'data.seed')}
+    shown = {k: v for k, v in overrides.items()
+             if k not in ('train.seed', 'data.seed', 'teacher.logits_dir')}
     sets = ', '.join(f'`{k}={v}`' for k, v in shown.items()) or '(the config as is)'
     lines.append(f'| {arm} | {sets} |')
   harness = summary.get('harness', {})
