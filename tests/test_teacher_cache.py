@@ -179,6 +179,8 @@ def test_cached_run_resumed_mid_run_equals_uninterrupted(built, tmp_path):
   assert again['step'] == 6
   jax.tree.map(lambda a, b: np.testing.assert_array_equal(np.asarray(a), np.asarray(b)),
                again['params'], whole['params'])
+  assert all(k in whole for k in ('eval/kd', 'eval/teacher_ce', 'eval/agreement'))
+  assert whole['eval/teacher_ce'] == pytest.approx(whole['teacher/eval_loss'], rel=1e-5)
   records = read_metrics(tmp_path / 'whole')
   train = [r for r in records if 'train/kd' in r]
   assert train and all(k in train[-1] for k in ('train/teacher_ce', 'train/agreement'))
@@ -207,7 +209,8 @@ def test_cache_at_full_vocabulary_trains_like_online_kd(built, tmp_path):
   assert sorted(got) == sorted(want)
   for step in want:
     assert got[step] == pytest.approx(want[step], rel=1e-4)
-  assert cached['eval/loss'] == pytest.approx(online['eval/loss'], rel=1e-4)
+  for key in ('eval/loss', 'eval/kd', 'eval/teacher_ce', 'eval/agreement'):
+    assert cached[key] == pytest.approx(online[key], rel=1e-4), key
 
 
 @pytest.mark.parametrize('field,value,message', [

@@ -6,6 +6,7 @@ back by every student that trains on those batches instead of running the teache
                                and the teacher's eval loss on the run's eval batches
   DIR/rows/ROW/BLOCK.bin       row ROW of the global batch at steps [BLOCK * steps_per_file,
                                ...): one record per step, back to back
+  DIR/eval/BATCH/ROW.bin       row ROW of the run's fixed eval batch BATCH: one record
 
 A record holds, for each of the row's seq_len target positions: the teacher's top-k logits
 (relative to its top-1 logit, in `dtype`), their token ids (uint16 when the vocabulary
@@ -291,6 +292,30 @@ class TeacherCache:
       raise CacheError(f'teacher.logits_dir={str(self.directory)!r} is damaged: {path} has '
                        f'{size} bytes, not {expected}; delete it and rerun the build')
 
+  def with_eval(self, cfg, eval_batches: list[dict]) -> list[dict]:
+    """The run's eval batches with their cached fields, when the cache holds them for the
+    run's eval settings (else as they are: evaluation then reports CE only)."""
+    e = self.manifest.get('teacher_eval')
+    if not e or (e['eval_split'], e['eval_batches'], e.get('batches_cached')) != (
+        cfg.data.eval_split, cfg.data.eval_batches, len(eval_batches)):
+      return eval_batches
+    out = []
+    for i, batch in enumerate(eval_batches):
+      rows = []
+      for row in range(self.lo, self.hi):
+        path = eval_path(self.directory, i, row)
+        self._expect(path, 1)
+        rows.append(self.layout.decode(path.read_bytes(), 1))
+      out.append({**batch, **self._stacked(rows, 0)})
+    return out
+
+  def _stacked(self, rows: list[dict], i: int) -> dict[str, np.ndarray]:
+    """Record i of each row, stacked into [rows, ...] arrays as the step takes them."""
+    out = {k: np.stack([r[k][i] for r in rows]) for k in rows[0]}
+    out['teacher_ids'] = out['teacher_ids'].astype(np.int32)
+    out['teacher_logits'] = out['teacher_logits'].astype(np.float32)
+    return out
+
   def read(self, step: int) -> dict[str, np.ndarray]:
     block = step // self.per_file
     if self._block is None or self._block[0] != block:
@@ -301,12 +326,7 @@ class TeacherCache:
         self._expect(path, len(steps))
         rows.append(self.layout.decode(path.read_bytes(), len(steps)))
       self._block = (block, rows)
-    i = step - block * self.per_file
-    rows = self._block[1]
-    out = {k: np.stack([r[k][i] for r in rows]) for k in rows[0]}
-    out['teacher_ids'] = out['teacher_ids'].astype(np.int32)
-    out['teacher_logits'] = out['teacher_logits'].astype(np.float32)
-    return out
+    return self._stacked(self._block[1], step - block * self.per_file)
 
 
 def open_for_run(cfg, teacher_model=None, norms=None, vocab_fingerprint=None,
@@ -398,6 +418,42 @@ class BuildResult:
   interrupted: bool
 
 
+def host_top_k_step(cfg, teacher, mesh, rules, top_k: int) -> Callable:
+  """process-local batch -> this process's rows of its cached fields (numpy), the teacher
+  run on the global batch over the mesh."""
+  chunk_len = losses.resolve_chunk_len(cfg.loss.chunk_len, cfg.data.seq_len)
+  batch_sharding = sharding.batch_sharding(mesh, rules)
+  fn = jax.jit(top_k_fn(teacher.model, top_k, float(cfg.loss.temperature), chunk_len),
+               in_shardings=(teacher.shardings, {k: batch_sharding for k in packing.FIELDS}),
+               out_shardings=batch_sharding)
+
+  def step(local: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    batch = sharding.global_batch_from_local({k: local[k] for k in packing.FIELDS}, mesh,
+                                             rules)
+    return jax.device_get(multihost_utils.global_array_to_host_local_array(
+        fn(teacher.params, batch), mesh, batch_sharding.spec))
+
+  return step
+
+
+def eval_path(directory: epath.Path, batch: int, row: int) -> epath.Path:
+  return directory / 'eval' / f'{batch:04d}' / f'{row:06d}.bin'
+
+
+def write_eval(cfg, out: epath.Path, teacher, data, mesh, rules, top_k: int) -> None:
+  """The cached fields of the run's fixed eval batches, one record a row, so a run from
+  the cache reports eval/kd, eval/teacher_ce and eval/agreement as an online run does."""
+  layout = Layout(cfg.data.seq_len, top_k, teacher.model.vocab_size,
+                  read_manifest(out, '--out')['dtype'])
+  top_k_step = host_top_k_step(cfg, teacher, mesh, rules, top_k)
+  lo = jax.process_index() * (cfg.data.global_batch_size // jax.process_count())
+  for i, local in enumerate(data.eval_batches):
+    host = top_k_step(local)
+    for r in range(len(local['inputs'])):
+      write_atomic(eval_path(out, i, lo + r), layout.encode(host, r))
+  multihost_utils.sync_global_devices('teacher_cache eval')
+
+
 def write(cfg, out: epath.Path, teacher, data, mesh, rules, top_k: int, steps: int,
           dtype: str, progress: bool = False, log=print,
           stop_after_blocks: int | None = None) -> BuildResult:
@@ -434,11 +490,7 @@ def write(cfg, out: epath.Path, teacher, data, mesh, rules, top_k: int, steps: i
   lo = jax.process_index() * local
   all_blocks = blocks(steps, per_file)
   start = first_incomplete_block(out, new, range(cfg.data.global_batch_size))
-  chunk_len = losses.resolve_chunk_len(cfg.loss.chunk_len, cfg.data.seq_len)
-  batch_sharding = sharding.batch_sharding(mesh, rules)
-  fn = jax.jit(top_k_fn(teacher.model, top_k, float(cfg.loss.temperature), chunk_len),
-               in_shardings=(teacher.shardings, {k: batch_sharding for k in packing.FIELDS}),
-               out_shardings=batch_sharding)
+  top_k_step = host_top_k_step(cfg, teacher, mesh, rules, top_k)
   if start:
     log(f'resuming at step {all_blocks[start].start if start < len(all_blocks) else steps} '
         f'({start} of {len(all_blocks)} blocks complete)')
@@ -455,11 +507,7 @@ def write(cfg, out: epath.Path, teacher, data, mesh, rules, top_k: int, steps: i
     data.train.set_state({'step': block.start})
     records = [[] for _ in range(local)]
     for _ in block:
-      local_batch = {k: v for k, v in next(data.train).items() if k in packing.FIELDS}
-      batch = sharding.global_batch_from_local(local_batch, mesh, rules)
-      host = multihost_utils.global_array_to_host_local_array(
-          fn(teacher.params, batch), mesh, batch_sharding.spec)
-      host = jax.device_get(host)
+      host = top_k_step(next(data.train))
       for r in range(local):
         records[r].append(layout.encode(host, r))
       bar.update(1)
@@ -533,8 +581,10 @@ def build(config: ml_collections.ConfigDict, out: str, top_k: int = 64, steps: i
       sums = jax.device_get(eval_step(teacher.params,
                                       sharding.global_batch_from_local(local, mesh, rules)))
       ce, weight = ce + float(sums['ce']), weight + float(sums['weight'])
+    write_eval(cfg, out_dir, teacher, data, mesh, rules, result.manifest['top_k'])
     result.manifest['teacher_eval'] = {'eval_split': cfg.data.eval_split,
                                        'eval_batches': cfg.data.eval_batches,
+                                       'batches_cached': len(data.eval_batches),
                                        'eval_loss': ce / max(weight, 1.0)}
     if jax.process_index() == 0:
       write_atomic(out_dir / MANIFEST, json.dumps(result.manifest, indent=2).encode())

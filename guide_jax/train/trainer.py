@@ -168,6 +168,8 @@ def train(config: ml_collections.ConfigDict, workdir: str | os.PathLike, *,
       data = pipeline.build(cfg, progress=cfg.train.progress_bar and jax.process_index() == 0)
     except (ValueError, FileNotFoundError) as e:
       raise ConfigError(str(e)) from None
+    if cache is not None:  # eval batches with the teacher's cached top-k, when it has them
+      data.eval_batches = cache.with_eval(cfg, data.eval_batches)
 
     # 4. Student parameters, created directly sharded by jit's out_shardings.
     model_cfg = cfg.model
