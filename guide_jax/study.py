@@ -97,6 +97,24 @@ def build_caches(runs: list, log=print) -> None:
     record.write_text(json.dumps(done, indent=2))
 
 
+def record_sweep(study_dir: pathlib.Path, config_path: str, sweep_name: str,
+                 teacher_dir: pathlib.Path, runs: list) -> None:
+  """STUDY_DIR/study.json: the whole sweep, whatever --runs says. Another sweep of the same
+  config run into the same directory (study_regime's `cached` beside `main`) adds its runs,
+  so that the report covers both."""
+  path = study_dir / 'study.json'
+  old = json.loads(path.read_text()) if path.exists() else {}
+  same = old.get('config') == str(config_path)
+  sweeps = sorted(set(old.get('sweeps', [old.get('sweep')]) if same else []) - {None}
+                  | {sweep_name})
+  study_dir.mkdir(parents=True, exist_ok=True)
+  path.write_text(json.dumps({
+      'config': str(config_path), 'sweep': sweep_name, 'sweeps': sweeps,
+      'teacher_dir': str(teacher_dir),
+      'runs': {**(old.get('runs', {}) if same else {}),
+               **{r.name: r.overrides for r in runs}}}, indent=2, default=str))
+
+
 def select(runs: list, only: str) -> list:
   return [r for r in runs if re.search(only, r.name)] if only else runs
 
@@ -109,10 +127,7 @@ def run_all(config, config_path: str, sweep_name: str, study_dir: pathlib.Path,
   `caches_only` stops after the caches."""
   from guide_jax.train import trainer
   pretrain, teacher_dir, runs = plan(config, config_path, sweep_name, study_dir, teacher_dir)
-  study_dir.mkdir(parents=True, exist_ok=True)
-  (study_dir / 'study.json').write_text(json.dumps({  # the whole sweep, whatever --runs says
-      'config': str(config_path), 'sweep': sweep_name, 'teacher_dir': str(teacher_dir),
-      'runs': {r.name: r.overrides for r in runs}}, indent=2, default=str))
+  record_sweep(study_dir, config_path, sweep_name, teacher_dir, runs)
   runs = select(runs, only)
   if pretrain is not None and not (teacher_dir / FINAL).exists():
     log(f'teacher -> {teacher_dir}')

@@ -88,6 +88,12 @@ def test_cached_arms_share_one_teacher_logits_cache_per_data_seed(tmp_path):
     assert caches[f'kd_cached/seed{s}'] == caches[f'guide_kd_cached/seed{s}']
     assert caches[f'kd_cached/seed{s}'].startswith(f'{tmp_path}/teacher_logits/seed{s}-k64-')
   assert len(set(caches.values())) == len(module.SEEDS)
+  # Run into the study directory of `main`, the sweep adds its runs to the record.
+  _, _, main_runs = study.plan(config, path, 'main', tmp_path)
+  study.record_sweep(tmp_path, path, 'main', teacher_dir, main_runs)
+  study.record_sweep(tmp_path, path, 'cached', teacher_dir, runs)
+  meta = json.loads((tmp_path / 'study.json').read_text())
+  assert meta['sweeps'] == ['cached', 'main'] and len(meta['runs']) == 15 + 6
   cached = next(r for r in runs if r.name == 'kd_cached/seed0')
   assert f'--config.teacher.logits_dir={caches["kd_cached/seed0"]}' in cached.flags()
   assert cached.config.teacher.checkpoint == str(teacher_dir)
