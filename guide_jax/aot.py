@@ -161,12 +161,13 @@ def whole_step_cost(cfg, t_model, devices, teacher_top_k: int = 0) -> tuple[floa
 
 
 def report(cfg, module, topology: str, whole_step: bool = True,
-           attention_kernel: str = '', teacher_top_k: int = 0) -> dict:
+           attention_kernel: str = '', teacher_top_k: int = 0, num_slices: int = 1) -> dict:
   """Compile for `topology` and return the per-chip numbers (see the module docstring).
   `attention_kernel` (e.g. 'xla' against 'splash') sets model.attention_kernel and
   teacher.attention_kernel; '' keeps the config's. `teacher_top_k` > 0 compiles the step
   that reads a teacher-logits cache of that k (as does a config with teacher.logits_dir,
-  at its cache's k)."""
+  at its cache's k). `num_slices` > 1 compiles for that many slices of `topology` joined
+  over DCN (the config's mesh.dcn_* spread the step over them)."""
   for key, value in QUIET_LIBTPU.items():
     os.environ.setdefault(key, value)
   from jax.experimental import topologies
@@ -174,16 +175,19 @@ def report(cfg, module, topology: str, whole_step: bool = True,
   from guide_jax.train import flops
 
   generation, chips = parse_topology(topology)
-  devices = topologies.get_topology_desc(platform='tpu', topology_name=topology).devices
+  if num_slices < 1:
+    raise config_lib.ConfigError(f'--num_slices={num_slices} must be >= 1')
+  devices = topologies.get_topology_desc(platform='tpu', topology_name=topology,
+                                         num_slices=num_slices).devices
   from guide_jax.train import teacher as teacher_lib
   t_model = teacher_lib.model_config(cfg, module)
   if attention_kernel:
     cfg = cfg.copy_and_resolve_references()
     cfg.model.attention_kernel = cfg.teacher.attention_kernel = attention_kernel
-  config_lib.validate(cfg, len(devices), platform='tpu')
+  config_lib.validate(cfg, len(devices), platform='tpu', num_slices=num_slices)
   t_running = teacher_lib.running_model(cfg, t_model, 'tpu')
   chip = CHIPS[generation]
-  per_chip = len(devices) // chips  # v4 exposes both TensorCores of a chip as devices
+  per_chip = len(devices) // (chips * num_slices)  # v4: both TensorCores are devices
   hbm, peak, bandwidth = (chip.hbm_bytes / per_chip, chip.peak_flops / per_chip,
                           chip.hbm_bandwidth / per_chip)
   if not teacher_top_k and cfg.teacher.logits_dir:
@@ -216,7 +220,8 @@ def report(cfg, module, topology: str, whole_step: bool = True,
   roofline_s = max(compute_s, memory_s)
   from guide_jax.models import attention
   return {
-      'topology': topology, 'devices': len(devices), 'device_kind': devices[0].device_kind,
+      'topology': topology, 'num_slices': num_slices, 'devices': len(devices),
+      'device_kind': devices[0].device_kind,
       # the kernels the step's self-attentions run (model.attention_kernel, resolved)
       'attention_kernel': attention.choose(cfg.model, cfg.data.seq_len, 'tpu'),
       'teacher_attention_kernel': attention.choose(t_running, cfg.data.seq_len, 'tpu'),
@@ -265,6 +270,8 @@ def define_flags() -> None:
   flags.DEFINE_enum('attention_kernel', '', ['', 'auto', 'xla', 'splash'],
                     "Sets model.attention_kernel and teacher.attention_kernel (to compare "
                     "kernels); '' keeps the config's.")
+  flags.DEFINE_integer('num_slices', 1, 'Compile for this many slices of --topology joined '
+                       'over DCN (set mesh.dcn_data / mesh.dcn_fsdp to use them).')
   flags.DEFINE_integer('teacher_logits_top_k', 0, 'Compile the step that reads a '
                        'teacher-logits cache of this k instead of running the teacher '
                        '(default: the k of teacher.logits_dir, if the config names one).')
@@ -290,7 +297,7 @@ def _main() -> int:
   import jax
   try:
     r = report(cfg, module, topology, f.whole_step, f.attention_kernel,
-               f.teacher_logits_top_k)
+               f.teacher_logits_top_k, f.num_slices)
   except ValueError as e:
     if isinstance(e, config_lib.ConfigError):
       raise
@@ -304,7 +311,8 @@ def _main() -> int:
   d, gib = r['per_device'], 2**30
   teacher = (f'teacher from a top-{r["teacher_logits_top_k"]} logits cache'
              if r['teacher_logits_top_k'] else f'teacher {r["teacher_attention_kernel"]}')
-  print(f'{topology}: {r["devices"]} x {r["device_kind"]}; compiled in {r["compile_s"]:.1f}s; '
+  slices = f'{r["num_slices"]} x ' if r['num_slices'] > 1 else ''
+  print(f'{slices}{topology}: {r["devices"]} x {r["device_kind"]}; compiled in {r["compile_s"]:.1f}s; '
         f'attention: student {r["attention_kernel"]}, {teacher}')
   print(f'per chip: arguments {d["argument_bytes"] / gib:.2f} GiB, temporaries '
         f'{d["temp_bytes"] / gib:.2f} GiB, outputs {d["output_bytes"] / gib:.2f} GiB '

@@ -93,7 +93,8 @@ def run_arms(cfg, rounds: int, arms: list[str], log=print, peer=None) -> dict:
   from guide_jax.train import teacher as teacher_lib
 
   platform = jax.default_backend()
-  config_lib.validate(cfg, jax.device_count(), jax.process_count(), platform)
+  config_lib.validate(cfg, jax.device_count(), jax.process_count(), platform,
+                      sharding.num_slices(jax.devices()))
   t_model = teacher_lib.running_model(cfg, teacher_lib.model_config(cfg), platform)
   s_model = cfg.model
   kernels = {'student': attention.choose(s_model, cfg.data.seq_len, platform),

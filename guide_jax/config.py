@@ -125,6 +125,11 @@ def base_config() -> ml_collections.ConfigDict:
   c.mesh.data = -1                 # data-parallel axis (-1 = all remaining devices)
   c.mesh.fsdp = 1                  # parameter/optimizer sharding axis (ZeRO-3)
   c.mesh.tensor = 1                # tensor-parallel axis (heads, mlp, vocab)
+  # Across TPU slices (the data-center network): each axis above is within a slice, and
+  # is multiplied by its DCN factor; dcn_data * dcn_fsdp must be the number of slices
+  # (-1 fills one of them). Only data and fsdp cross slices, never tensor.
+  c.mesh.dcn_data = 1
+  c.mesh.dcn_fsdp = 1
   c.logical_rules = sharding.DEFAULT_RULES  # logical axis -> mesh axes
   c.topology = ''                  # smallest TPU slice this config fits ('v5p:4x4x2');
                                    # `python -m guide_jax.aot` compiles for it and checks
@@ -240,9 +245,10 @@ def validate_kernel(m: ml_collections.ConfigDict, seq_len: int, platform: str,
 
 
 def validate(c: ml_collections.ConfigDict, num_devices: int, num_processes: int = 1,
-             platform: str | None = None) -> None:
+             platform: str | None = None, num_slices: int = 1) -> None:
   """Raise ConfigError for a config that cannot work on `num_devices` devices of
-  `platform` (checks that depend on it are skipped when None)."""
+  `platform` (checks that depend on it are skipped when None), spread over `num_slices`
+  TPU slices."""
   validate_model(c.model)
   if platform:
     validate_kernel(c.model, c.data.seq_len, platform)
@@ -288,10 +294,11 @@ def validate(c: ml_collections.ConfigDict, num_devices: int, num_processes: int 
            f'loss.chunk_len={chunk} must be -1 (auto), 0 (off) or divide '
            f'data.seq_len={d.seq_len}')
   try:
-    mesh_shape = sharding.resolve_mesh_shape(c.mesh, num_devices)
+    dcn = sharding.resolve_dcn_shape(c.mesh, num_slices)
+    mesh_shape = sharding.resolve_mesh_shape(c.mesh, num_devices // num_slices)
   except ValueError as e:
     raise ConfigError(str(e)) from None
-  batch_shards = mesh_shape[0] * mesh_shape[1]
+  batch_shards = mesh_shape[0] * mesh_shape[1] * dcn[0] * dcn[1]
   _require(t.grad_accum >= 1, f'train.grad_accum={t.grad_accum} must be >= 1')
   micro = d.global_batch_size // t.grad_accum
   _require(d.global_batch_size % t.grad_accum == 0,
@@ -299,7 +306,8 @@ def validate(c: ml_collections.ConfigDict, num_devices: int, num_processes: int 
            f'train.grad_accum={t.grad_accum}')
   _require(micro % batch_shards == 0,
            f'data.global_batch_size/train.grad_accum={micro} is not divisible by the '
-           f'batch shards mesh.data*mesh.fsdp={batch_shards}; change the batch or the mesh')
+           f'batch shards mesh.data*mesh.fsdp*mesh.dcn_data*mesh.dcn_fsdp={batch_shards}; '
+           f'change the batch or the mesh')
   _require(d.global_batch_size % num_processes == 0,
            f'data.global_batch_size={d.global_batch_size} is not divisible by the '
            f'{num_processes} processes')

@@ -45,7 +45,8 @@ BATCH_AXES = ('act_batch', 'act_length')
 
 
 def resolve_mesh_shape(mesh_cfg, num_devices: int) -> tuple[int, int, int]:
-  """(data, fsdp, tensor) sizes with a single -1 filled in; raises ValueError on mismatch."""
+  """(data, fsdp, tensor) sizes with a single -1 filled in; raises ValueError on mismatch.
+  Within one slice: the DCN factors (mesh.dcn_*) multiply these across slices."""
   sizes = [int(mesh_cfg[a]) for a in MESH_AXES]
   if sizes.count(-1) > 1:
     raise ValueError(f'mesh: at most one of {MESH_AXES} may be -1, got {sizes}')
@@ -63,13 +64,58 @@ def resolve_mesh_shape(mesh_cfg, num_devices: int) -> tuple[int, int, int]:
   return tuple(sizes)
 
 
+DCN_AXES = ('dcn_data', 'dcn_fsdp')  # across slices (data-center network), outside ICI axes
+
+
+def num_slices(devices: Sequence[jax.Device]) -> int:
+  """How many TPU slices the devices span (1 for devices without a slice index: CPU, GPU,
+  a single slice)."""
+  return len({getattr(d, 'slice_index', 0) for d in devices})
+
+
+def resolve_dcn_shape(mesh_cfg, slices: int) -> tuple[int, int, int]:
+  """(data, fsdp, tensor) factors across slices: mesh.dcn_data x mesh.dcn_fsdp (one may be
+  -1, filled from the slice count) must be the number of slices; tensor never crosses."""
+  sizes = [int(mesh_cfg.get(a, 1)) for a in DCN_AXES]
+  if any(s == 0 or s < -1 for s in sizes) or sizes.count(-1) > 1:
+    raise ValueError(f'mesh.dcn_data={sizes[0]}, mesh.dcn_fsdp={sizes[1]}: each must be '
+                     f'positive, or one of them -1 (filled from the slice count)')
+  if -1 in sizes:
+    known = math.prod(s for s in sizes if s != -1)
+    if slices % known:
+      raise ValueError(f'mesh: {slices} slices are not divisible by the fixed DCN axis '
+                       f'{dict(zip(DCN_AXES, sizes))}; change mesh.dcn_*')
+    sizes[sizes.index(-1)] = slices // known
+  if math.prod(sizes) != slices:
+    raise ValueError(f'mesh.dcn_data*mesh.dcn_fsdp = {math.prod(sizes)} but the devices span '
+                     f'{slices} slice(s); make their product {slices}')
+  return sizes[0], sizes[1], 1
+
+
+def mesh_shapes(mesh_cfg, devices: Sequence[jax.Device]) -> tuple[tuple, tuple]:
+  """(ICI shape within a slice, DCN shape across slices) of (data, fsdp, tensor)."""
+  slices = num_slices(devices)
+  dcn = resolve_dcn_shape(mesh_cfg, slices)
+  if len(devices) % slices:
+    raise ValueError(f'{len(devices)} devices do not split evenly over {slices} slices')
+  return resolve_mesh_shape(mesh_cfg, len(devices) // slices), dcn
+
+
 def make_mesh(mesh_cfg, devices: Sequence[jax.Device] | None = None) -> jax.sharding.Mesh:
+  """The (data, fsdp, tensor) mesh. Devices spanning several slices get a hybrid mesh
+  (mesh_utils.create_hybrid_device_mesh): each axis is its within-slice size times its
+  DCN factor, the DCN factor outermost, so only data and fsdp traffic crosses slices."""
   devices = list(devices if devices is not None else jax.devices())
-  shape = resolve_mesh_shape(mesh_cfg, len(devices))
+  ici, dcn = mesh_shapes(mesh_cfg, devices)
   # Auto axis types: the model uses logical annotations and sharding constraints, which
   # jax 0.10's default Explicit axes reject in sharded contractions.
-  return jax.make_mesh(shape, MESH_AXES, axis_types=(jax.sharding.AxisType.Auto,) * 3,
-                       devices=devices)
+  auto = (jax.sharding.AxisType.Auto,) * 3
+  if math.prod(dcn) == 1:
+    return jax.make_mesh(ici, MESH_AXES, axis_types=auto, devices=devices)
+  from jax.experimental import mesh_utils
+  array = mesh_utils.create_hybrid_device_mesh(ici, dcn, devices,
+                                               allow_split_physical_axes=True)
+  return jax.sharding.Mesh(array, MESH_AXES, axis_types=auto)
 
 
 def spec_for(axes: Sequence[str | None], rules, shape: Sequence[int] | None = None,

@@ -134,3 +134,18 @@ def test_a_step_from_a_teacher_logits_cache_holds_no_teacher():
   assert r1['per_device']['argument_bytes'] < r0['per_device']['argument_bytes']
   assert r1['model_flops_per_step'] < r0['model_flops_per_step']
   assert 'teacher from a top-16 logits cache' in cached.stdout
+
+
+@needs_libtpu
+def test_two_slices_compile_over_dcn_and_a_mismatch_is_one_line():
+  args = ('--config=experiments/guide_tiny.py', '--topology=v5e:2x2', '--num_slices=2',
+          '--whole_step=false')
+  two = run_aot(*args, '--config.mesh.dcn_data=2')
+  assert two.returncode == 0, two.stderr[-3000:]
+  r = json.loads(two.stdout.strip().splitlines()[-1])
+  assert r['num_slices'] == 2 and r['devices'] == 8 and r['fits']
+  assert two.stdout.startswith('2 x v5e:2x2: 8 x ')
+  bad = run_aot(*args)
+  assert bad.returncode == 2 and bad.stderr.strip().splitlines()[-1] == (
+      'error: mesh.dcn_data*mesh.dcn_fsdp = 1 but the devices span 2 slice(s); make their '
+      'product 2')

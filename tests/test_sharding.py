@@ -101,3 +101,45 @@ def test_resolve_mesh_shape(shape, devices, expect):
 def test_resolve_mesh_shape_errors(shape):
   with pytest.raises(ValueError, match='mesh'):
     sharding.resolve_mesh_shape(shape, 8)
+
+
+class _SliceDevice:
+  """A stand-in device of a multi-slice pod: only what the mesh code reads."""
+
+  def __init__(self, i, slice_index):
+    self.id, self.slice_index, self.platform, self.device_kind = i, slice_index, 'cpu', 'cpu'
+
+  def __repr__(self):
+    return f'd{self.id}@s{self.slice_index}'
+
+
+def test_dcn_axes_span_the_slices_and_multiply_the_ici_axes():
+  from guide_jax import config as config_lib
+  mesh = ml_collections.ConfigDict(dict(data=-1, fsdp=2, tensor=1, dcn_data=-1, dcn_fsdp=1))
+  pod = [_SliceDevice(i, i // 4) for i in range(8)]  # 2 slices of 4
+  assert sharding.num_slices(pod) == 2 and sharding.num_slices(jax.devices()) == 1
+  assert sharding.mesh_shapes(mesh, pod) == ((2, 2, 1), (2, 1, 1))
+  from jax.experimental import mesh_utils
+  ici, dcn = sharding.mesh_shapes(mesh, pod)
+  array = mesh_utils.create_hybrid_device_mesh(ici, dcn, pod)
+  # data is 2 slices x 2: its outer half is slice 0, its inner half slice 1; fsdp and
+  # tensor stay inside a slice, so only data traffic crosses the DCN.
+  assert array.shape == (4, 2, 1)
+  assert [{d.slice_index for d in array[i].ravel()} for i in range(4)] == [{0}, {0}, {1}, {1}]
+  mesh.dcn_data, mesh.dcn_fsdp = 1, 2
+  assert sharding.mesh_shapes(mesh, pod) == ((2, 2, 1), (1, 2, 1))
+  mesh.dcn_fsdp = 1
+  with pytest.raises(ValueError, match=r'mesh.dcn_data\*mesh.dcn_fsdp = 1 but the devices span '
+                                       r'2 slice\(s\)'):
+    sharding.mesh_shapes(mesh, pod)
+  # On one slice (this CPU) the DCN factors must be 1: the validation says which field.
+  c = config_lib.base_config()
+  c.mesh.dcn_data = 2
+  with pytest.raises(config_lib.ConfigError, match=r'mesh.dcn_data\*mesh.dcn_fsdp = 2'):
+    config_lib.validate(c, 8)
+  config_lib.validate(c, 16, num_slices=2)  # 2 slices of 8: the batch 16 shards over 16
+  c.mesh.dcn_data = -1
+  config_lib.validate(c, 16, num_slices=2)
+  c.data.global_batch_size = 8
+  with pytest.raises(config_lib.ConfigError, match=r'mesh.data\*mesh.fsdp\*mesh.dcn_data'):
+    config_lib.validate(c, 16, num_slices=2)

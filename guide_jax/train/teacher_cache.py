@@ -544,7 +544,8 @@ def build(config: ml_collections.ConfigDict, out: str, top_k: int = 64, steps: i
   if steps < 1:
     raise CacheError(f'--steps={steps} must be positive')
   sharding.maybe_initialize_distributed(cfg.distributed)
-  config_lib.validate(cfg, jax.device_count(), jax.process_count(), jax.default_backend())
+  config_lib.validate(cfg, jax.device_count(), jax.process_count(), jax.default_backend(),
+                      sharding.num_slices(jax.devices()))
   if not (cfg.teacher.checkpoint or cfg.teacher.pretrain):
     raise CacheError('the config names no teacher (teacher.checkpoint); the cache holds a '
                      'teacher\'s logits')

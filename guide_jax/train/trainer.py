@@ -121,13 +121,14 @@ def train(config: ml_collections.ConfigDict, workdir: str | os.PathLike, *,
   #    check sees the real device count; then this machine (remote paths reachable),
   #    the student-teacher pair, and memory. Only then is a teacher to pretrain trained.
   sharding.maybe_initialize_distributed(cfg.distributed)
-  config_lib.validate(cfg, jax.device_count(), jax.process_count(), jax.default_backend())
+  config_lib.validate(cfg, jax.device_count(), jax.process_count(), jax.default_backend(),
+                      sharding.num_slices(jax.devices()))
   preflight.check_remote_paths(cfg, workdir)
   preflight.check_workdir(workdir)
   if distill:
     if cfg.teacher.pretrain:
       config_lib.validate(cfg.teacher.pretrain, jax.device_count(), jax.process_count(),
-                          jax.default_backend())
+                          jax.default_backend(), sharding.num_slices(jax.devices()))
     try:
       losses.DistillLoss(cfg.loss, cfg.train.steps)
     except ValueError as e:
