@@ -269,10 +269,19 @@ def test_distill_hf_end_to_end_then_export_and_generate(tmp_path):
   assert result['length'] > 0
 
 
-@pytest.mark.parametrize('case', ['gemma2', 'export_exists'])
+@pytest.mark.parametrize('case', ['gemma2', 'export_exists', 'truncated_safetensors'])
 def test_refusals_exit_2_with_one_line_and_write_nothing(case, tmp_path):
   work = tmp_path / 'run'
-  if case == 'export_exists':
+  if case == 'truncated_safetensors':  # an interrupted download
+    teacher = tmp_path / 'teacher'
+    hf_models.make('llama', str(teacher))
+    weights = teacher / 'model.safetensors'
+    weights.write_bytes(weights.read_bytes()[:weights.stat().st_size // 2])
+    r = _run('-m', 'guide_jax.main', f'--config=experiments/distill_hf.py:{teacher}',
+             f'--workdir={work}', cwd=REPO)
+    field = f'{weights} is not a readable safetensors file'
+    assert not (work / 'checkpoints').exists()
+  elif case == 'export_exists':
     (tmp_path / 'out').mkdir()
     (tmp_path / 'out' / 'keep.txt').write_text('mine')
     hf_models.make('llama', str(tmp_path / 'hf'))

@@ -14,6 +14,7 @@ holds one tensor beyond the model.
 from __future__ import annotations
 
 import collections
+import contextlib
 import dataclasses
 import json
 import math
@@ -26,7 +27,7 @@ import jax
 import ml_collections
 import numpy as np
 from etils import epath
-from safetensors import safe_open
+from safetensors import SafetensorError, safe_open
 
 from guide_jax.hf import families
 from guide_jax.hf.families import HFError
@@ -76,6 +77,18 @@ def _local(path: epath.Path) -> str:
   return str(local)
 
 
+@contextlib.contextmanager
+def _open(path: epath.Path):
+  """safe_open, with a damaged file (truncated by an interrupted download, say) as one
+  HFError naming it instead of safetensors' own traceback."""
+  try:
+    with safe_open(_local(path), 'numpy') as f:
+      yield f
+  except SafetensorError as e:
+    raise HFError(f'{path} is not a readable safetensors file ({e}); it is probably '
+                  f'truncated: download it again') from None
+
+
 class SafetensorsReader:
   """Tensor name -> its file, for one or many safetensors files (index or not)."""
 
@@ -92,12 +105,12 @@ class SafetensorsReader:
                       f'transformers (save_pretrained(safe_serialization=True)) first')
       self.files = {}
       for shard in shards:
-        with safe_open(_local(shard), 'numpy') as f:
+        with _open(shard) as f:
           self.files.update({name: shard for name in f.keys()})
     self.read_names: set[str] = set()
 
   def shape(self, name: str) -> tuple[int, ...]:
-    with safe_open(_local(self.files[name]), 'numpy') as f:
+    with _open(self.files[name]) as f:
       return tuple(f.get_slice(name).get_shape())
 
   def get(self, name: str) -> np.ndarray:
@@ -105,7 +118,7 @@ class SafetensorsReader:
       raise HFError(f'{self.dir}: tensor {name!r} is missing; the checkpoint does not match '
                     f'its config.json')
     self.read_names.add(name)
-    with safe_open(_local(self.files[name]), 'numpy') as f:
+    with _open(self.files[name]) as f:
       return f.get_tensor(name)
 
 
