@@ -148,7 +148,7 @@ def manifest(cfg, teacher, top_k: int, steps: int, dtype: str, vocab_fingerprint
   return {
       'format': FORMAT,
       'teacher': {'checkpoint': str(teacher.workdir),
-                  'model': json.loads(transformer_model_json(teacher.model)),
+                  'model': json.loads(architecture_json(teacher.model)),
                   'dtype': cfg.teacher.dtype, 'param_norms': norms},
       'tokenizer': {'path': cfg.data.tokenizer, 'fingerprint': vocab_fingerprint},
       'data': data_order(cfg),
@@ -160,7 +160,7 @@ def manifest(cfg, teacher, top_k: int, steps: int, dtype: str, vocab_fingerprint
   }
 
 
-def transformer_model_json(model: ml_collections.ConfigDict) -> str:
+def architecture_json(model: ml_collections.ConfigDict) -> str:
   """The teacher's architecture without how it runs (kernel, remat: execution fields)."""
   return json.dumps({k: v for k, v in model.to_dict().items()
                      if k not in config_lib.EXECUTION_FIELDS}, sort_keys=True, default=str)
@@ -197,13 +197,7 @@ def check_matches(m: dict, cfg, directory: epath.Path, teacher_model=None,
     raise CacheError(f'{what}={ours!r} but {where} was built for {theirs!r}; {fix}')
 
   rebuild = 'rebuild the cache for this config (python -m guide_jax.teacher_logits)'
-  if cfg.data.seq_len != m['seq_len']:
-    refuse('data.seq_len', cfg.data.seq_len, m['seq_len'], rebuild)
-  if cfg.data.global_batch_size != m['global_batch_size']:
-    refuse('data.global_batch_size', cfg.data.global_batch_size, m['global_batch_size'],
-           rebuild)
-  ours = data_order(cfg)
-  for key, value in ours.items():
+  for key, value in data_order(cfg).items():  # seq_len and global_batch_size among them
     if m['data'].get(key) != value:
       refuse(f'data.{key}', value, m['data'].get(key), rebuild)
   if cfg.train.steps > m['steps']:
@@ -216,8 +210,8 @@ def check_matches(m: dict, cfg, directory: epath.Path, teacher_model=None,
     refuse('teacher.dtype', cfg.teacher.dtype, m['teacher']['dtype'], rebuild)
   if teacher_model is not None:
     theirs = json.dumps(m['teacher']['model'], sort_keys=True)
-    if transformer_model_json(teacher_model) != theirs:
-      mine = json.loads(transformer_model_json(teacher_model))
+    if architecture_json(teacher_model) != theirs:
+      mine = json.loads(architecture_json(teacher_model))
       diff = next(k for k in sorted(set(mine) | set(m['teacher']['model']))
                   if mine.get(k) != m['teacher']['model'].get(k))
       refuse(f'the teacher\'s model.{diff}', mine.get(diff), m['teacher']['model'].get(diff),
