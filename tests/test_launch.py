@@ -65,3 +65,67 @@ def test_tpu_vm_dry_run_prints_and_runs_nothing():
   assert lines[1] == ('gcloud compute tpus tpu-vm create g --zone=z --accelerator-type=v4-8 '
                       '--version=tpu-ubuntu2204-base')
   assert lines[-1] == 'gcloud compute tpus tpu-vm delete g --zone=z --quiet'
+
+
+def _gke():
+  spec = importlib.util.spec_from_file_location('gke', f'{REPO}/launch/gke.py')
+  module = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(module)
+  return module
+
+
+def test_gke_dry_run_prints_a_jobset_of_one_job_per_slice():
+  """The printed YAML parses into one JobSet: 2 replicas (slices) of a job with a pod per
+  host of a v5p:4x4x2 slice (32 chips, 8 hosts of 4), the image, the trainer's command."""
+  import yaml
+  env = {k: v for k, v in os.environ.items() if k != 'XLA_FLAGS'}
+  out = subprocess.run(
+      [sys.executable, 'launch/gke.py', '--name=Guide_1B', '--tpu=v5p:4x4x2', '--num_slices=2',
+       '--image=us-docker.pkg.dev/p/r/guide_jax:1', '--config=experiments/guide_1b.py',
+       '--workdir=gs://b/guide_1b', '--override=--config.mesh.dcn_data=2', '--dry_run'],
+      cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
+  assert out.returncode == 0, out.stderr[-3000:]
+  docs = list(yaml.safe_load_all(out.stdout))
+  assert len(docs) == 1
+  js = docs[0]
+  assert js['kind'] == 'JobSet' and js['metadata']['name'] == 'guide-1b'
+  assert js['metadata']['annotations'] == {
+      'alpha.jobset.sigs.k8s.io/exclusive-topology': 'cloud.google.com/gke-nodepool'}
+  assert js['spec']['failurePolicy'] == {'maxRestarts': 4}
+  (job,) = js['spec']['replicatedJobs']
+  assert job['replicas'] == 2
+  spec = job['template']['spec']
+  assert spec['parallelism'] == spec['completions'] == 8 and spec['backoffLimit'] == 0
+  pod = spec['template']['spec']
+  assert pod['restartPolicy'] == 'Never' and pod['nodeSelector'] == {
+      'cloud.google.com/gke-tpu-accelerator': 'tpu-v5p-slice',
+      'cloud.google.com/gke-tpu-topology': '4x4x2'}
+  (container,) = pod['containers']
+  assert container['image'] == 'us-docker.pkg.dev/p/r/guide_jax:1'
+  assert container['resources'] == {'limits': {'google.com/tpu': 4}}
+  assert container['command'] == [
+      'bash', '-c', 'python -m guide_jax.main --config=experiments/guide_1b.py '
+      '--config.mesh.dcn_data=2 --workdir=gs://b/guide_1b']
+
+
+def test_gke_sweep_is_a_jobset_per_run_and_bad_tpu_is_one_line():
+  gke = _gke()
+  docs = gke.manifests('study', 'v5e:2x4', 1, 'img', 'experiments/study_cpu.py', 'gs://b/s',
+                       sweep='main')
+  from guide_jax import sweep as sweep_lib
+  module = sweep_lib.load_module(f'{REPO}/experiments/study_cpu.py')
+  runs = sweep_lib.runs(module.get_config(), module.get_sweep('main'), 'gs://b/s')
+  assert [d['metadata']['name'] for d in docs] == [
+      gke.k8s_name(f'study-{r.name}') for r in runs]
+  assert docs[0]['metadata']['name'] == 'study-baseline-seed0'
+  assert all(len(d['metadata']['name']) <= 40 for d in docs)
+  first = docs[0]['spec']['replicatedJobs'][0]['template']['spec']
+  assert first['parallelism'] == 1  # v5e 2x4: one host with 8 chips
+  command = first['template']['spec']['containers'][0]['command'][2]
+  assert command.endswith(' '.join(runs[0].flags()))
+  env = {k: v for k, v in os.environ.items() if k != 'XLA_FLAGS'}
+  bad = subprocess.run([sys.executable, 'launch/gke.py', '--name=x', '--tpu=h100:8',
+                        '--image=i', '--config=experiments/guide_1b.py', '--workdir=gs://b',
+                        '--dry_run'], cwd=REPO, env=env, capture_output=True, text=True,
+                       timeout=300)
+  assert bad.returncode == 2 and bad.stderr.strip().splitlines()[-1].startswith('error: ')
