@@ -29,3 +29,21 @@ def test_paper_config_validates_and_builds(name, low, high, chips):
                                                         student.guide), t_params)
   assert guided['embedding'].shape == s_params['embedding'].shape
   assert diag['projection'].shape == (teacher.model.d_model, student.model.d_model)
+
+
+def test_70b_teacher_8b_student_config_spans_two_slices():
+  """Llama-3.1-70B and -8B shapes; 2 slices of 64 chips over DCN (and 1 for `:cached`)."""
+  module = _module('guide_70b_8b')
+  student, teacher = module.get_config(), module.teacher_config()
+  student.data.train_files = teacher.data.train_files = 'gs://b/x.jsonl'
+  config_lib.validate(student, num_devices=128, platform='tpu', num_slices=2)
+  config_lib.validate(teacher, num_devices=128, platform='tpu', num_slices=2)
+  config_lib.validate(student, num_devices=64, platform='tpu')
+  guide.check_compatible(teacher.model, student.model, student.guide)
+  count = lambda m: transformer.count_params(
+      jax.eval_shape(lambda: transformer.init_params(m, jax.random.key(0))))
+  assert 69e9 < count(teacher.model) < 72e9 and 7.9e9 < count(student.model) < 8.2e9
+  cached = module.get_config('cached')
+  assert cached.teacher.logits_dir == '' and cached.topology == student.topology
+  with pytest.raises(config_lib.ConfigError, match="the only variant is 'cached'"):
+    module.get_config('other')
