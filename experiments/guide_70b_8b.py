@@ -14,14 +14,17 @@ Rows of 8,192 tokens, 256 rows a step (2.1M tokens), the fused output layer (the
 [rows, 8192, 128256] logits of either model are never whole), splash attention, the MLP
 recomputed in the backward (`save_dot_except_mlp`).
 
-Compiled (python -m guide_jax.aot, libtpu 0.0.42.1) for 2 slices of v5p:4x4x4 (128
-chips): FSDP over the 64 chips of a slice, data parallel across the two slices over DCN
-(mesh.dcn_data=2). Numbers: benchmarks/aot_70b_8b.log and benchmarks/README.md.
+Compiled (python -m guide_jax.aot, libtpu 0.0.42.1, benchmarks/aot_70b_8b.log) for 2
+slices of v5p:4x4x4 (128 chips): FSDP over the 64 chips of a slice, data parallel across
+the two slices over DCN (mesh.dcn_data=-1 fills 2): 30.3 of 95 GiB a chip, compiled in
+253 s, roofline >= 7.8 s a step (458 PFLOP of model FLOPs, the teacher's forward 3/4 of it).
 
 `:cached` trains the same student from an offline teacher-logits cache instead
 (teacher.logits_dir; build it with python -m guide_jax.teacher_logits on the 2 slices): the
-70B teacher is then loaded once for GUIDE's projection and freed, and the step holds no
-teacher, so it is compiled for one slice (v5p:4x4x4).
+70B teacher is loaded once for GUIDE's projection and freed, and the step holds no teacher.
+On one slice (v5p:4x4x4, 64 chips; python -m guide_jax.aot
+--config=experiments/guide_70b_8b.py:cached --teacher_logits_top_k=64): 43.5 GiB a chip,
+roofline >= 4.1 s a step (121 PFLOP), on half the chips.
 """
 
 from guide_jax import config as config_lib
@@ -64,7 +67,7 @@ def get_config(arg: str = ''):
   c.guide.unembed = True               # untied student: W_U from the teacher's output layer
   c.loss.kd = losses.weight_config(1.0)
   c.topology = 'v5p:4x4x4'             # one slice; the run above uses two (--num_slices=2)
-  if arg == 'cached':
-    c.teacher.cache_top_k = 0
+  if arg == 'cached':                  # one slice: the step holds no teacher
     c.teacher.logits_dir = ''          # the cache's directory, on the command line
+    c.mesh.dcn_data = 1
   return c
