@@ -67,7 +67,8 @@ def test_training_reduces_loss(tiny_config, tmp_path):
     ('model.n_kv_heads', 3, 'model.n_heads=4 is not divisible by model.n_kv_heads=3'),
     ('model.max_len', 32, 'model.max_len=32 is smaller than data.seq_len=64'),
     ('mesh.data', 3, 'mesh: data\\*fsdp\\*tensor = 3 but there are 8 devices'),
-    ('data.global_batch_size', 12, 'not divisible by the batch shards mesh.data\\*mesh.fsdp=8'),
+    ('data.global_batch_size', 12, 'not divisible by the batch shards '
+     'mesh.data\\*mesh.fsdp\\*mesh.dcn_data\\*mesh.dcn_fsdp=8'),
     ('data.backend', 'nope', "data.backend='nope'"),
     ('model.position', 'alibi', "model.position='alibi'"),
     ('train.warmup_steps', 100, 'train.warmup_steps=100'),
