@@ -52,16 +52,25 @@ def resolve_mesh_shape(mesh_cfg, num_devices: int) -> tuple[int, int, int]:
     raise ValueError(f'mesh: at most one of {MESH_AXES} may be -1, got {sizes}')
   if any(s == 0 or s < -1 for s in sizes):
     raise ValueError(f'mesh: sizes must be positive or -1, got {dict(zip(MESH_AXES, sizes))}')
-  known = math.prod(s for s in sizes if s != -1)
-  if -1 in sizes:
-    if num_devices % known:
-      raise ValueError(f'mesh: {num_devices} devices are not divisible by the fixed axes '
-                       f'{dict(zip(MESH_AXES, sizes))}; change mesh.* so they divide it')
-    sizes[sizes.index(-1)] = num_devices // known
+  if not _fill(sizes, num_devices):
+    raise ValueError(f'mesh: {num_devices} devices are not divisible by the fixed axes '
+                     f'{dict(zip(MESH_AXES, sizes))}; change mesh.* so they divide it')
   if math.prod(sizes) != num_devices:
     raise ValueError(f'mesh: data*fsdp*tensor = {math.prod(sizes)} but there are '
                      f'{num_devices} devices; set one of mesh.data/fsdp/tensor to -1')
   return tuple(sizes)
+
+
+def _fill(sizes: list[int], total: int) -> bool:
+  """Replace a single -1 in `sizes` by what makes their product `total`; False when the
+  fixed sizes do not divide it."""
+  if -1 not in sizes:
+    return True
+  known = math.prod(s for s in sizes if s != -1)
+  if total % known:
+    return False
+  sizes[sizes.index(-1)] = total // known
+  return True
 
 
 DCN_AXES = ('dcn_data', 'dcn_fsdp')  # across slices (data-center network), outside ICI axes
@@ -80,12 +89,9 @@ def resolve_dcn_shape(mesh_cfg, slices: int) -> tuple[int, int, int]:
   if any(s == 0 or s < -1 for s in sizes) or sizes.count(-1) > 1:
     raise ValueError(f'mesh.dcn_data={sizes[0]}, mesh.dcn_fsdp={sizes[1]}: each must be '
                      f'positive, or one of them -1 (filled from the slice count)')
-  if -1 in sizes:
-    known = math.prod(s for s in sizes if s != -1)
-    if slices % known:
-      raise ValueError(f'mesh: {slices} slices are not divisible by the fixed DCN axis '
-                       f'{dict(zip(DCN_AXES, sizes))}; change mesh.dcn_*')
-    sizes[sizes.index(-1)] = slices // known
+  if not _fill(sizes, slices):
+    raise ValueError(f'mesh: {slices} slices are not divisible by the fixed DCN axis '
+                     f'{dict(zip(DCN_AXES, sizes))}; change mesh.dcn_*')
   if math.prod(sizes) != slices:
     raise ValueError(f'mesh.dcn_data*mesh.dcn_fsdp = {math.prod(sizes)} but the devices span '
                      f'{slices} slice(s); make their product {slices}')

@@ -8,11 +8,15 @@ import sys
 from conftest import REPO
 
 
-def _tpu_vm():
-  spec = importlib.util.spec_from_file_location('tpu_vm', f'{REPO}/launch/tpu_vm.py')
+def _launcher(name):
+  spec = importlib.util.spec_from_file_location(name, f'{REPO}/launch/{name}.py')
   module = importlib.util.module_from_spec(spec)
   spec.loader.exec_module(module)
   return module
+
+
+def _tpu_vm():
+  return _launcher('tpu_vm')
 
 
 def test_tpu_vm_commands_for_one_run():
@@ -68,10 +72,7 @@ def test_tpu_vm_dry_run_prints_and_runs_nothing():
 
 
 def _gke():
-  spec = importlib.util.spec_from_file_location('gke', f'{REPO}/launch/gke.py')
-  module = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(module)
-  return module
+  return _launcher('gke')
 
 
 def test_gke_dry_run_prints_a_jobset_of_one_job_per_slice():
