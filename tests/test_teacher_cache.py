@@ -68,7 +68,8 @@ def test_sparse_kd_is_the_kl_of_top_k_plus_a_rest_bucket(temperature):
                                -np.log(softmax(t[i])[[3, 7][i]]), rtol=1e-5)
 
 
-@pytest.mark.parametrize('kind,temperature,chunk', [('forward_kl', 2.5, 8), ('jsd', 1.0, 0)])
+@pytest.mark.parametrize('kind,temperature,chunk', [
+    ('forward_kl', 2.5, 8), pytest.param('jsd', 1.0, 0, marks=pytest.mark.slow)])
 def test_cached_objective_at_k_equal_vocabulary_equals_online(setup, kind, temperature,
                                                               chunk):
   """Loss, every metric and the gradients of the cached objective (fused or not) equal
@@ -123,7 +124,7 @@ def built(tmp_path_factory, monkeypatch_module):
   """A trained tiny teacher and a complete cache of 8 student steps (2 steps a file)."""
   root = tmp_path_factory.mktemp('cache')
   t = load_experiment('lm_tiny')
-  t.train.update(dict(steps=20, progress_bar=False, async_checkpoints=False,
+  t.train.update(dict(steps=12, progress_bar=False, async_checkpoints=False,
                       peak_flops=1e11))
   trainer.train(t, root / 'teacher')
   monkeypatch_module.setattr(teacher_cache, 'FILE_BYTES', 1)  # one step a file
@@ -170,13 +171,13 @@ def test_cached_run_resumed_mid_run_equals_uninterrupted(built, tmp_path):
   root, cfg, _ = built
   cfg = cfg.copy_and_resolve_references()
   cfg.teacher.logits_dir = str(root / 'k16')
-  cfg.train.steps = 6
+  cfg.train.update(dict(steps=4, eval_every=4, checkpoint_every=2, log_every=2))
   whole = trainer.train(cfg, tmp_path / 'whole')
   assert whole['teacher_params'] is None and 'guide/explained_variance' not in whole
-  first = trainer.train(cfg, tmp_path / 'resumed', interrupt_at_step=3)
-  assert first['interrupted'] and first['step'] == 3
+  first = trainer.train(cfg, tmp_path / 'resumed', interrupt_at_step=2)
+  assert first['interrupted'] and first['step'] == 2
   again = trainer.train(cfg, tmp_path / 'resumed')
-  assert again['step'] == 6
+  assert again['step'] == 4
   jax.tree.map(lambda a, b: np.testing.assert_array_equal(np.asarray(a), np.asarray(b)),
                again['params'], whole['params'])
   assert all(k in whole for k in ('eval/kd', 'eval/teacher_ce', 'eval/agreement'))
@@ -248,7 +249,15 @@ def test_missing_truncated_and_other_teacher_caches_are_refused(built, tmp_path)
   cfg.teacher.logits_dir = str(tmp_path / 'nowhere')
   with pytest.raises(teacher_cache.CacheError, match='holds no manifest.json'):
     trainer.train(cfg, tmp_path / 'run')
-  # Another teacher (same architecture, other weights): refused when GUIDE loads it.
+  assert not (tmp_path / 'run' / 'checkpoints').exists()
+
+
+@pytest.mark.slow  # trains a second teacher
+def test_a_cache_of_another_teacher_is_refused(built, tmp_path):
+  """Same architecture, other weights: refused by name in the kd arm, by the parameters'
+  norms when GUIDE loads the teacher."""
+  root, cfg, _ = built
+  cfg = cfg.copy_and_resolve_references()
   other = load_experiment('lm_tiny')
   other.train.update(dict(steps=4, progress_bar=False, async_checkpoints=False,
                           peak_flops=1e11, warmup_steps=1))
@@ -279,6 +288,7 @@ def test_cli_refuses_k_beyond_the_vocabulary(built, tmp_path):
   assert not (tmp_path / 'cache').exists()
 
 
+@pytest.mark.slow  # a subprocess build; test_two_processes_... checks the bytes too
 def test_cli_on_one_device_writes_the_records_of_eight(built, tmp_path):
   root = built[0]
   good = _cli(tmp_path, root, '--top_k=16', '--steps=2')
