@@ -44,7 +44,6 @@ from guide_jax import losses, paths, sharding
 from guide_jax.data import packing, pipeline
 from guide_jax.data import tokenizer as tokenizer_lib
 from guide_jax.models import transformer
-from guide_jax.train import steps as steps_lib
 
 FORMAT = 1
 MANIFEST = 'manifest.json'
@@ -434,18 +433,24 @@ def eval_path(directory: epath.Path, batch: int, row: int) -> epath.Path:
   return directory / 'eval' / f'{batch:04d}' / f'{row:06d}.bin'
 
 
-def write_eval(cfg, out: epath.Path, teacher, data, mesh, rules, top_k: int) -> None:
+def write_eval(cfg, out: epath.Path, teacher, data, mesh, rules, top_k: int) -> float:
   """The cached fields of the run's fixed eval batches, one record a row, so a run from
-  the cache reports eval/kd, eval/teacher_ce and eval/agreement as an online run does."""
+  the cache reports eval/kd, eval/teacher_ce and eval/agreement as an online run does.
+  Returns the teacher's eval loss (nats/token over every process's rows), read off the
+  same fields (log-sum-exp minus the target's logit): the teacher runs once."""
   layout = Layout(cfg.data.seq_len, top_k, teacher.model.vocab_size,
                   read_manifest(out, '--out')['dtype'])
   top_k_step = host_top_k_step(cfg, teacher, mesh, rules, top_k)
   lo = jax.process_index() * (cfg.data.global_batch_size // jax.process_count())
+  sums = np.zeros(2)  # (CE, weight) of this process's rows
   for i, local in enumerate(data.eval_batches):
     host = top_k_step(local)
     for r in range(len(local['inputs'])):
       write_atomic(eval_path(out, i, lo + r), layout.encode(host, r))
-  multihost_utils.sync_global_devices('teacher_cache eval')
+    ce = host['teacher_lse'] - host['teacher_target_logit']
+    sums += [np.sum(ce * local['loss_weights']), np.sum(local['loss_weights'])]
+  ce, weight = np.asarray(multihost_utils.process_allgather(sums)).reshape(-1, 2).sum(0)
+  return float(ce / max(weight, 1.0))
 
 
 def write(cfg, out: epath.Path, teacher, data, mesh, rules, top_k: int, steps: int,
@@ -568,19 +573,12 @@ def build(config: ml_collections.ConfigDict, out: str, top_k: int = 64, steps: i
                    progress and jax.process_index() == 0, log, stop_after_blocks)
     if result.interrupted or 'teacher_eval' in result.manifest:
       return result
-    chunk_len = losses.resolve_chunk_len(cfg.loss.chunk_len, cfg.data.seq_len)
-    eval_step = jax.jit(steps_lib.make_eval_step(
-        steps_lib.lm_objective(teacher.model, 0.0, chunk_len)))
-    ce = weight = 0.0
-    for local in data.eval_batches:
-      sums = jax.device_get(eval_step(teacher.params,
-                                      sharding.global_batch_from_local(local, mesh, rules)))
-      ce, weight = ce + float(sums['ce']), weight + float(sums['weight'])
-    write_eval(cfg, out_dir, teacher, data, mesh, rules, result.manifest['top_k'])
+    eval_loss = write_eval(cfg, out_dir, teacher, data, mesh, rules,
+                           result.manifest['top_k'])
     result.manifest['teacher_eval'] = {'eval_split': cfg.data.eval_split,
                                        'eval_batches': cfg.data.eval_batches,
                                        'batches_cached': len(data.eval_batches),
-                                       'eval_loss': ce / max(weight, 1.0)}
+                                       'eval_loss': eval_loss}
     if jax.process_index() == 0:
       write_atomic(out_dir / MANIFEST, json.dumps(result.manifest, indent=2).encode())
   return result
