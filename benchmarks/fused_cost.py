@@ -11,7 +11,7 @@ import time
 from guide_jax import cli  # noqa: F401  the commands' XLA:CPU flags
 import jax
 
-from guide_jax import bench, losses, sharding
+from guide_jax import bench, losses, saved_model, sharding
 from guide_jax import config as config_lib
 from guide_jax.models import transformer
 from guide_jax.train import optimizer, steps
@@ -23,7 +23,7 @@ CHUNKS = {'unfused': 0, 'chunk 64': 64, 'chunk 128': 128}
 def main(rounds: int, variant: str | None) -> None:
   cfg = config_lib.load_experiment_module('bench_peer').get_config(variant)
   student = cfg.model
-  teacher = teacher_lib.runtime_model(teacher_lib.model_config(cfg), cfg.teacher.dtype)
+  teacher = saved_model.runtime_model(teacher_lib.model_config(cfg), cfg.teacher.dtype)
   mesh, rules = sharding.make_mesh(cfg.mesh), tuple(cfg.logical_rules)
   with jax.set_mesh(mesh), sharding.use_rules(rules):
     shapes, param_shardings = transformer.abstract_params_and_shardings(student, mesh, rules)

@@ -66,14 +66,13 @@ def compile_step(cfg, t_model, devices, teacher_top_k: int = 0):
   running the teacher (its parameters are then no input of the step)."""
   import jax
   import jax.numpy as jnp
-  from guide_jax import guide, losses, sharding
+  from guide_jax import guide, losses, saved_model, sharding
   from guide_jax.data import packing
   from guide_jax.models import transformer
   from guide_jax.train import optimizer, steps
-  from guide_jax.train import teacher as teacher_lib
   from guide_jax.train import teacher_cache
 
-  t_model = teacher_lib.runtime_model(t_model, cfg.teacher.dtype,  # as the trainer runs it
+  t_model = saved_model.runtime_model(t_model, cfg.teacher.dtype,  # as the trainer runs it
                                       cfg.teacher.attention_kernel)
   s_model = cfg.model
   mesh = sharding.make_mesh(cfg.mesh, devices)
@@ -286,14 +285,14 @@ def main(argv):
 def _main() -> int:
   from ml_collections import config_flags
   from guide_jax import config as config_lib
-  from guide_jax import sweep
+  from guide_jax import experiment_file
   f = flags.FLAGS
   cfg = cli.config_value(f['config'])
   topology = f.topology or cfg.get('topology', '')
   if not topology:
     raise config_lib.ConfigError('no --topology and the config has no `topology` field; '
                                  'pass --topology=v5p:4x4x4 (or similar)')
-  module = sweep.load_module(config_flags.get_config_filename(f['config']).split(':')[0])
+  module = experiment_file.load_module(config_flags.get_config_filename(f['config']).split(':')[0])
   import jax
   try:
     r = report(cfg, module, topology, f.whole_step, f.attention_kernel,

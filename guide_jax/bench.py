@@ -52,10 +52,10 @@ PEER_STEPS = {'baseline': 'lm', 'kd': 'kd'}
 def load_peer():
   """benchmarks/torch_peer.py, loaded by path: the package never imports torch itself."""
   from guide_jax import config as config_lib
-  from guide_jax import sweep
+  from guide_jax import experiment_file
   path = pathlib.Path(__file__).resolve().parent.parent / 'benchmarks' / 'torch_peer.py'
   try:
-    return sweep.load_module(path)
+    return experiment_file.load_module(path)
   except ImportError as e:
     raise config_lib.ConfigError(f'--peer needs torch ({e}); pip install -e ".[hf-parity]" '
                                  f'(the CPU torch: see the Makefile)') from None

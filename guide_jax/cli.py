@@ -95,12 +95,11 @@ def run(body: Callable[[], int | None]) -> None:
   run that diverged: `error: ...`, exit 1."""
   if not flags.FLAGS['verbosity'].present:
     logging.set_verbosity(logging.WARNING)  # orbax logs every file it touches at INFO
-  from guide_jax import config as config_lib
-  from guide_jax import sweep
+  from guide_jax import errors
   from guide_jax.train import checkpointing, nonfinite
   try:
     status = body()
-  except (config_lib.ConfigError, checkpointing.CheckpointError, sweep.SweepError) as e:
+  except (errors.ConfigError, checkpointing.CheckpointError) as e:
     print(f'error: {e}', file=sys.stderr)
     sys.exit(2)
   except nonfinite.NonFiniteError as e:  # not bad input: the run failed

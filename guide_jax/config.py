@@ -9,15 +9,14 @@ from __future__ import annotations
 
 import ml_collections
 
-from guide_jax import sharding
+from guide_jax import errors, sharding
 from guide_jax.models import attention
 from guide_jax.models.transformer import REMAT_POLICIES
 from guide_jax.data import sources
 from guide_jax.losses import loss_config
 
 
-class ConfigError(ValueError):
-  """A config that cannot work. The message names the field and the fix."""
+ConfigError = errors.ConfigError  # raised here, and by every module that reads the config
 
 
 # Hugging Face families a model can follow (guide_jax.hf.families maps each); '' = native.
@@ -104,6 +103,7 @@ def base_config() -> ml_collections.ConfigDict:
   c.data.train_files = ''
   c.data.eval_files = ''           # globs; '' = hold out data.validation_percent of documents
   c.data.text_key = 'text'         # the JSON field / Parquet column holding the text
+  c.data.file_format = 'auto'      # 'auto' (by suffix), 'text', 'jsonl', 'parquet', 'arrayrecord'
   c.data.workers = 0               # processes tokenizing the cache; 0 = one per core
   c.data.prefetch = 2              # batches computed ahead by grain threads; 0 = none
   c.data.seq_len = 256             # tokens per row
@@ -162,6 +162,8 @@ def base_config() -> ml_collections.ConfigDict:
   c.train.checkpoint_every = 100   # steps between checkpoints (and at the end)
   c.train.keep_checkpoints = 2     # how many checkpoints to keep
   c.train.async_checkpoints = True # write checkpoints in the background
+  c.train.local_checkpoint_dir = ''  # a local tier on each host (RAM disk, local SSD); '' = none
+  c.train.local_checkpoint_every = 0 # steps between local-tier checkpoints (with the dir)
   c.train.progress_bar = True      # console progress bar (process 0)
   c.train.peak_flops = 0.0         # per-device peak FLOP/s for MFU; 0 = known table or measure
 
@@ -266,6 +268,9 @@ def validate(c: ml_collections.ConfigDict, num_devices: int, num_processes: int 
       raise ConfigError(str(e)) from None
     _require(bool(d.text_key), 'data.text_key is empty; name the JSON field or Parquet '
              'column that holds the text')
+  _require(d.file_format in sources.FILE_FORMATS,
+           f'data.file_format={d.file_format!r} must be one of '
+           f'{", ".join(map(repr, sources.FILE_FORMATS))}')
   _require(d.workers >= 0, f'data.workers={d.workers} must be >= 0 (0 = one per core)')
   _require(d.prefetch >= 0, f'data.prefetch={d.prefetch} must be >= 0')
   _require(d.backend != 'seqio' or bool(d.seqio_task),
@@ -318,6 +323,14 @@ def validate(c: ml_collections.ConfigDict, num_devices: int, num_processes: int 
   _require(0 <= t.min_lr_ratio <= 1, f'train.min_lr_ratio={t.min_lr_ratio} must be in [0, 1]')
   for name in ('log_every', 'eval_every', 'checkpoint_every', 'keep_checkpoints'):
     _require(t[name] > 0, f'train.{name}={t[name]} must be positive')
+  _require(bool(t.local_checkpoint_dir) == (t.local_checkpoint_every > 0),
+           f'train.local_checkpoint_dir={t.local_checkpoint_dir!r} and '
+           f'train.local_checkpoint_every={t.local_checkpoint_every}: set both (a directory '
+           f'on each host, e.g. /dev/shm/guide_jax, and a positive interval) or neither')
+  _require('://' not in t.local_checkpoint_dir,
+           f'train.local_checkpoint_dir={t.local_checkpoint_dir!r} is remote; the local tier '
+           f'is a disk of each host (a RAM disk or local SSD): the persistent tier is the '
+           f'workdir')
   _require(t.grad_clip >= 0, f'train.grad_clip={t.grad_clip} must be >= 0')
   _require(t.on_nonfinite in ('stop', 'skip'),
            f"train.on_nonfinite={t.on_nonfinite!r} must be 'stop' or 'skip'")
@@ -387,6 +400,6 @@ def guide_config() -> ml_collections.ConfigDict:
 def load_experiment_module(name: str):
   """The module experiments/NAME.py (for configs built on a sibling config, and tests)."""
   import pathlib
-  from guide_jax import sweep  # the one loader of experiment files
-  return sweep.load_module(pathlib.Path(__file__).resolve().parent.parent / 'experiments'
+  from guide_jax import experiment_file
+  return experiment_file.load_module(pathlib.Path(__file__).resolve().parent.parent / 'experiments'
                            / f'{name}.py')

@@ -177,7 +177,17 @@ def summarize(study: dict) -> dict:
                                        if len(params) == 1 and len(tokens) == 1 else None),
           'arms': out_arms, 'verdicts': verdicts(study, teacher),
           'cached_vs_online': cached_vs_online(study, out_arms, teacher),
-          'teacher_logits_caches': study.get('teacher_logits_caches', {})}
+          'teacher_logits_caches': study.get('teacher_logits_caches', {}),
+          'eval_coverage': eval_coverage(study)}
+
+
+def eval_coverage(study: dict) -> dict[str, int] | None:
+  """What one evaluation read (rows, tokens, documents of the split), when every run
+  recorded the same; runs from before it was recorded have none."""
+  seen = {json.dumps({k[len('eval_coverage_'):]: v for k, v in r['final'].items()
+                      if k.startswith('eval_coverage_')}, sort_keys=True)
+          for seeds in study['arms'].values() for r in seeds.values()}
+  return json.loads(seen.pop()) or None if len(seen) == 1 else None
 
 
 def _mean_curve(seeds: dict) -> dict[int, float]:
@@ -314,8 +324,16 @@ def markdown(study: dict, summary: dict, title: str) -> str:
   if a is not None:
     lines.append(f'Teacher with E_T, P_T replaced by their PCA reconstruction E M Mᵀ: '
                  f'{a:.4f}; PCA explained variance {e:.1%}.')
-  lines += ['', f'Eval split: {_eval_split(study)}. Mean ± std over seeds; gap closure '
-            f'paired with the baseline of the same seed.', '',
+  coverage = summary.get('eval_coverage')
+  covers = ''
+  if coverage and 'split_documents' in coverage:
+    covers = (f' An evaluation reads {coverage["tokens"]:,} tokens spread over '
+              f'{coverage["documents"]:,} of the split\'s {coverage["split_documents"]:,} '
+              f'documents ({coverage["split_tokens"]:,} tokens).')
+  elif coverage:
+    covers = f' An evaluation reads {coverage["tokens"]:,} tokens.'
+  lines += ['', f'Eval split: {_eval_split(study)}.{covers} Mean ± std over seeds; gap '
+            f'closure paired with the baseline of the same seed.', '',
             '| arm | seeds | tokens | eval loss (nats/token) | bits/byte | ppl | gap closure '
             '| 95% CI |', '|---|---|---|---|---|---|---|---|']
   for arm, s in summary['arms'].items():

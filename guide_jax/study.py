@@ -46,8 +46,8 @@ CACHES = 'teacher_logits'  # STUDY_DIR/teacher_logits/<cache_name>: the shared c
 def plan(config, config_path: str, sweep_name: str, study_dir: pathlib.Path,
          teacher_dir: pathlib.Path | None = None):
   """(teacher pretraining config or None, teacher dir, every run of the sweep)."""
-  from guide_jax import sweep
-  entries = sweep.entries(sweep.load_module(config_path.split(':')[0]), sweep_name)
+  from guide_jax import experiment_file, sweep
+  entries = sweep.entries(experiment_file.load_module(config_path.split(':')[0]), sweep_name)
   teacher_dir = teacher_dir or study_dir / 'teacher'
   pretrain = config.teacher.pretrain if config.teacher.pretrain else None
   if pretrain is not None:  # every run reads the one shared teacher
@@ -75,7 +75,7 @@ def cache_name(config) -> str:
 def build_caches(runs: list, log=print) -> None:
   """Build (or finish) every cache the runs read, each for its longest run's steps. The
   build's wall time goes to CACHE/build.json (summed over resumed builds), for the report."""
-  from guide_jax.train import teacher_cache
+  from guide_jax import teacher_logits
   groups: dict[str, list] = {}
   for run in runs:
     if run.config.teacher.cache_top_k:
@@ -89,7 +89,7 @@ def build_caches(runs: list, log=print) -> None:
     log(f'teacher logits -> {directory} ({steps} steps, k={members[0].config.teacher.cache_top_k}'
         f', for {", ".join(r.name for r in members)})')
     start = time.perf_counter()
-    result = teacher_cache.build(members[0].config, directory,
+    result = teacher_logits.build(members[0].config, directory,
                                  members[0].config.teacher.cache_top_k, steps, log=log)
     done = {'seconds': done['seconds'] + time.perf_counter() - start, 'steps': steps,
             'tokens_per_s': result.tokens_per_s,

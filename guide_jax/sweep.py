@@ -11,15 +11,16 @@ same runs everywhere.
 from __future__ import annotations
 
 import dataclasses
-import importlib.util
 import pathlib
 import posixpath
 from typing import Any
 
 import ml_collections
 
+from guide_jax.errors import ConfigError
 
-class SweepError(ValueError):
+
+class SweepError(ConfigError):
   """A sweep that cannot run: a missing experiment file, an unknown override or sweep
   name, a duplicate run name. Commands print it as one `error:` line (cli.run)."""
 
@@ -35,17 +36,6 @@ class Run:
     """The same run as `python -m guide_jax.main` flags (after --config)."""
     return [f'--config.{k}={v}' for k, v in self.overrides.items()] + [
         f'--workdir={self.workdir}']
-
-
-def load_module(config_path: str | pathlib.Path):
-  """The experiment file as a module (for its get_config and get_sweep)."""
-  path = pathlib.Path(config_path)
-  if not path.is_file():
-    raise SweepError(f'--config={str(path)!r} is not a file; pass experiments/NAME.py')
-  spec = importlib.util.spec_from_file_location(f'experiment_{path.stem}', path)
-  module = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(module)
-  return module
 
 
 def apply_overrides(config: ml_collections.ConfigDict,
@@ -107,14 +97,14 @@ def main(argv) -> None:
   """
   import json
   from absl import flags
-  from guide_jax import cli
+  from guide_jax import cli, experiment_file
   del argv
   FLAGS = flags.FLAGS
 
-  from guide_jax import sweep as lib  # not __main__'s copy: cli.run catches lib.SweepError
+  from guide_jax import sweep as lib  # not __main__'s copy: its SweepError is cli.run's
 
   def body():
-    module = lib.load_module(FLAGS.config)
+    module = experiment_file.load_module(FLAGS.config)
     if FLAGS.sweep:
       out = lib.runs(module.get_config(), lib.entries(module, FLAGS.sweep), FLAGS.root)
     else:

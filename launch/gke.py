@@ -18,6 +18,11 @@ guide_jax.aot --num_slices=N` checks that the step fits first. A failed host fai
 slice's job (backoffLimit 0); the JobSet then restarts every job, up to --max_restarts
 times, and the trainer resumes from its last checkpoint in --workdir.
 
+--local_checkpoint_dir=DIR (with --local_checkpoint_every=N) adds the trainer's local
+checkpoint tier: DIR in the container is the node's RAM disk, a hostPath under
+/dev/shm/guide_jax/NAME, which outlives the pods a JobSet restart replaces (not the node:
+a replaced node restores from --workdir's persistent checkpoints).
+
 --dry_run prints the manifest(s) as YAML and applies nothing; otherwise each goes to
 `kubectl apply -f -` (kubectl configured for the cluster).
 """
@@ -53,6 +58,9 @@ def define_flags() -> None:
   flags.DEFINE_multi_string('override', [], 'Extra --config.FIELD=VALUE flags for every run.')
   flags.DEFINE_integer('max_restarts', 4, 'JobSet restarts after a failure or preemption.')
   flags.DEFINE_string('namespace', 'default', 'Kubernetes namespace.')
+  flags.DEFINE_string('local_checkpoint_dir', '', 'The local checkpoint tier in the container '
+                      '(the node\'s RAM disk mounted there); empty: none.')
+  flags.DEFINE_integer('local_checkpoint_every', 0, 'Steps between local-tier checkpoints.')
   flags.DEFINE_bool('dry_run', False, 'Print the manifests; apply nothing.')
   flags.mark_flags_as_required(['name', 'tpu', 'image', 'config', 'workdir'])
 
@@ -68,10 +76,14 @@ def slice_shape(tpu: str) -> tuple[str, str, int, int]:
   return ACCELERATORS[generation], tpu.split(':')[1], chips // per_host, per_host
 
 
+LOCAL_VOLUME = 'local-checkpoints'
+
+
 def jobset(name: str, tpu: str, num_slices: int, image: str, command: str,
-           max_restarts: int = 4, namespace: str = 'default') -> dict:
+           max_restarts: int = 4, namespace: str = 'default', local_dir: str = '') -> dict:
   """The JobSet of one run: `num_slices` replicas of a job whose pods are the hosts of a
-  slice, each on its own node pool (exclusive topology), each running `command`."""
+  slice, each on its own node pool (exclusive topology), each running `command`; with
+  `local_dir`, the node's /dev/shm/guide_jax/NAME mounted there (the local tier)."""
   accelerator, topology, hosts, per_host = slice_shape(tpu)
   container = {
       'name': 'guide-jax', 'image': image, 'imagePullPolicy': 'Always',
@@ -86,6 +98,10 @@ def jobset(name: str, tpu: str, num_slices: int, image: str, command: str,
                        'cloud.google.com/gke-tpu-topology': topology},
       'containers': [container],
   }
+  if local_dir:
+    container['volumeMounts'] = [{'name': LOCAL_VOLUME, 'mountPath': local_dir}]
+    pod['volumes'] = [{'name': LOCAL_VOLUME, 'hostPath': {
+        'path': f'/dev/shm/guide_jax/{name}', 'type': 'DirectoryOrCreate'}}]
   return {
       'apiVersion': 'jobset.x-k8s.io/v1alpha2', 'kind': 'JobSet',
       'metadata': {'name': name, 'namespace': namespace, 'annotations': {
@@ -108,18 +124,26 @@ def k8s_name(text: str) -> str:
 
 def manifests(name: str, tpu: str, num_slices: int, image: str, config: str, workdir: str,
               sweep: str = '', overrides: tuple[str, ...] = (), max_restarts: int = 4,
-              namespace: str = 'default') -> list[dict]:
+              namespace: str = 'default', local_dir: str = '',
+              local_every: int = 0) -> list[dict]:
   """One JobSet per run: the run itself, or every run of the sweep (guide_jax.sweep)."""
-  base = ['python', '-m', 'guide_jax.main', f'--config={config}', *overrides]
+  if bool(local_dir) != (local_every > 0):
+    raise ValueError(f'--local_checkpoint_dir={local_dir!r} and --local_checkpoint_every='
+                     f'{local_every}: give both (a path in the container and a positive '
+                     f'interval) or neither')
+  local = [f'--config.train.local_checkpoint_dir={local_dir}',
+           f'--config.train.local_checkpoint_every={local_every}'] if local_dir else []
+  base = ['python', '-m', 'guide_jax.main', f'--config={config}', *overrides, *local]
   if not sweep:
     runs = [(name, base + [f'--workdir={workdir}'])]
   else:
+    from guide_jax import experiment_file
     from guide_jax import sweep as sweep_lib
-    module = sweep_lib.load_module(REPO / config)
+    module = experiment_file.load_module(REPO / config)
     runs = [(f'{name}-{run.name}', base + run.flags()) for run in
             sweep_lib.runs(module.get_config(), sweep_lib.entries(module, sweep), workdir)]
   return [jobset(k8s_name(run_name), tpu, num_slices, image, shlex.join(command),
-                 max_restarts, namespace) for run_name, command in runs]
+                 max_restarts, namespace, local_dir) for run_name, command in runs]
 
 
 def main(argv):
@@ -131,7 +155,8 @@ def main(argv):
     sys.exit(2)
   try:
     docs = manifests(f.name, f.tpu, f.num_slices, f.image, f.config, f.workdir, f.sweep,
-                     tuple(f.override), f.max_restarts, f.namespace)
+                     tuple(f.override), f.max_restarts, f.namespace, f.local_checkpoint_dir,
+                     f.local_checkpoint_every)
   except ValueError as e:  # a bad --tpu, --config or --sweep (SweepError is one)
     print(f'error: {e}', file=sys.stderr)
     sys.exit(2)

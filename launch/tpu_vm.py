@@ -60,8 +60,9 @@ def train_commands(config: str, workdir: str, sweep: str = '',
   base = ['python3', '-m', 'guide_jax.main', f'--config={config}', *overrides]
   if not sweep:
     return [shlex.join(base + [f'--workdir={workdir}'])]
+  from guide_jax import experiment_file
   from guide_jax import sweep as sweep_lib
-  module = sweep_lib.load_module(REPO / config)
+  module = experiment_file.load_module(REPO / config)
   runs = sweep_lib.runs(module.get_config(), sweep_lib.entries(module, sweep), workdir)
   return [shlex.join(base + run.flags()) for run in runs]
 

@@ -21,6 +21,7 @@ if nproc > 1:
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from guide_jax import config as config_lib  # noqa: E402
+from guide_jax import teacher_logits  # noqa: E402
 from guide_jax.train import teacher_cache  # noqa: E402
 
 teacher_cache.FILE_BYTES = 1  # one step a file, as in test_teacher_cache's own build
@@ -31,4 +32,4 @@ config.train.update(dict(steps=8, warmup_steps=2, progress_bar=False))
 if nproc > 1:
   config.distributed.update(dict(initialize='always', coordinator_address=f'localhost:{port}',
                                  num_processes=nproc, process_id=pid))
-teacher_cache.build(config, out_dir, top_k=16, log=lambda *_: None)
+teacher_logits.build(config, out_dir, top_k=16, log=lambda *_: None)

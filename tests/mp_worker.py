@@ -2,7 +2,8 @@
 
 argv: PROCESS_ID NUM_PROCESSES PORT DEVICES_PER_PROCESS WORKDIR OUT_JSON [INTERRUPT_AT]
 Trains experiments/guide_tiny.py (teacher, then GUIDE+KD student) with gloo CPU
-collectives, and writes which training rows this process read.
+collectives, and writes which training rows this process read. With GUIDE_LOCAL_TIER=DIR
+in the environment, the student also keeps a local checkpoint tier there, every step.
 """
 
 import json
@@ -33,7 +34,7 @@ _batch_at = pipeline.BatchIterator.batch_at
 
 def _recording_batch_at(self, step):
   batch = _batch_at(self, step)
-  if getattr(self.source, 'shuffle', False):  # the training stream, not eval
+  if any(getattr(s, 'shuffle', False) for s in self.sources):  # training, not eval
     rows_read.append([step, self.process_index, batch['inputs'][:, :8].tolist()])
   return batch
 
@@ -50,6 +51,9 @@ def tiny(c):
 
 config = tiny(config_lib.load_experiment_module('guide_tiny').get_config())
 tiny(config.teacher.pretrain)
+if os.environ.get('GUIDE_LOCAL_TIER'):
+  config.train.local_checkpoint_dir = os.environ['GUIDE_LOCAL_TIER']
+  config.train.local_checkpoint_every = 1
 config.teacher.pretrain.train.steps = 4
 if nproc > 1:
   for c in (config, config.teacher.pretrain):

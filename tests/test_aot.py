@@ -71,9 +71,9 @@ from guide_jax import aot
 for key, value in aot.QUIET_LIBTPU.items():
   os.environ.setdefault(key, value)
 from jax.experimental import topologies
-from guide_jax import sweep
+from guide_jax import experiment_file
 from guide_jax.train import teacher
-module = sweep.load_module('experiments/guide_tiny.py')
+module = experiment_file.load_module('experiments/guide_tiny.py')
 devices = topologies.get_topology_desc(platform='tpu', topology_name='v5e:2x2').devices
 out = []
 for student_blocks in (2, 3):

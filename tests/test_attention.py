@@ -196,9 +196,9 @@ def test_explicit_kernels_refuse_what_they_cannot_run(overrides, platform, seq_l
 
 
 def test_teacher_attention_kernel_overrides_the_stored_one():
-  from guide_jax.train import teacher
+  from guide_jax import saved_model
   stored = attention_cfg(attention_kernel='cudnn', dtype='bfloat16')
-  assert teacher.runtime_model(stored, 'bfloat16').attention_kernel == 'cudnn'
-  running = teacher.runtime_model(stored, 'bfloat16', 'splash')
+  assert saved_model.runtime_model(stored, 'bfloat16').attention_kernel == 'cudnn'
+  running = saved_model.runtime_model(stored, 'bfloat16', 'splash')
   assert running.attention_kernel == 'splash' and stored.attention_kernel == 'cudnn'
   assert attention.choose(running, 256, 'tpu') == 'splash'

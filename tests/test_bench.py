@@ -72,9 +72,9 @@ def test_torch_peer_computes_the_same_model(mlp, norm, tied):
   """The peer is a fair comparison: with guide_jax's weights it gives guide_jax's logits."""
   import jax
   import torch
-  from guide_jax import config as config_lib, sweep
+  from guide_jax import config as config_lib, experiment_file
   from guide_jax.models import transformer
-  peer = sweep.load_module(f'{REPO}/benchmarks/torch_peer.py')
+  peer = experiment_file.load_module(f'{REPO}/benchmarks/torch_peer.py')
   m = config_lib.model_config()
   m.update(vocab_size=97, d_model=32, n_layers=2, n_heads=4, n_kv_heads=2, head_dim=8,
            mlp_dim=48, max_len=16, mlp=mlp, norm=norm, tie_embeddings=tied)

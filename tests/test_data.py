@@ -145,3 +145,26 @@ def test_embedded_build_tokenizes_and_round_trips(tiny_config):
   text = 'def f(x):\n    return x + 1\n'
   assert vocab.decode(vocab.encode(text)) == text
   assert len(data.eval_batches) == tiny_config.data.eval_batches
+
+
+def test_evaluation_rows_spread_over_the_whole_split_and_say_what_they_cover():
+  """The eval batches are rows i * R // n of the unshuffled split, not its first n rows: on a
+  corpus whose documents differ in kind, they reach its last documents too."""
+  rows = stream_source(shuffle=False)
+  batches, coverage = pipeline.fixed_eval_batches([rows], 4, 3)
+  picked = np.arange(12) * rows.rows_per_epoch // 12
+  expected = np.concatenate([rows.rows(0, picked)['inputs']])
+  np.testing.assert_array_equal(np.concatenate([b['inputs'] for b in batches]), expected)
+  touched = rows.documents_in(picked)
+  # by hand: a row covers stream positions [16 r, 16 r + 16]; documents end at `ends`
+  ends = np.cumsum(rows.docs.lengths)
+  by_hand = {int(np.searchsorted(ends, p, side='right')) for r in picked
+             for p in range(16 * r, 16 * r + 17)}
+  assert set(touched.tolist()) == by_hand and max(by_hand) >= 55  # the split's end
+  assert coverage == {'rows': 12, 'tokens': 12 * 16, 'documents': len(by_hand),
+                      'split_documents': 60, 'split_tokens': int(rows.docs.n_tokens)}
+  first_rows = {int(np.searchsorted(ends, p, side='right')) for p in range(12 * 16 + 1)}
+  assert max(first_rows) < 20  # what the first rows alone would have read
+  # a split of fewer rows than asked: all of it, as many whole batches as fit
+  batches, coverage = pipeline.fixed_eval_batches([rows], 4, 1000)
+  assert coverage['rows'] == 4 * (rows.rows_per_epoch // 4) == 4 * len(batches)

@@ -20,7 +20,7 @@ import transformers  # noqa: E402
 
 import hf_models  # noqa: E402
 from guide_jax import config as config_lib  # noqa: E402
-from guide_jax import guide  # noqa: E402
+from guide_jax import guide, saved_model  # noqa: E402
 from guide_jax.hf import checkpoint as hf_checkpoint  # noqa: E402
 from guide_jax.hf import export, families, parity  # noqa: E402
 from guide_jax.models import transformer  # noqa: E402
@@ -51,7 +51,7 @@ def test_import_matches_transformers(family_dir):
   if family == 'llama3':
     assert model.rope_scaling == 'llama3' and model.rope_original_max_len == 32
   tokens = batch(model)
-  ours = parity.guide_jax_hf_logits(directory, tokens)
+  ours = parity.guide_jax_logits(directory, tokens)
   ref = hf_logits(directory, tokens['inputs'])
   assert np.abs(ref).max() > 1.0  # random weights large enough for the check to mean much
   np.testing.assert_allclose(ours, ref, atol=1e-4, rtol=0)
@@ -66,10 +66,10 @@ def test_mistral_window_shorter_than_the_sequence_matches_transformers(tmp_path)
   tokens = parity.batch_for(model, model.vocab_size, 2, 64, 0)
   assert tokens['inputs'].shape == (2, 64)
   ref = hf_logits(directory, tokens['inputs'])
-  np.testing.assert_allclose(parity.guide_jax_hf_logits(directory, tokens), ref, atol=1e-4,
+  np.testing.assert_allclose(parity.guide_jax_logits(directory, tokens), ref, atol=1e-4,
                              rtol=0)
   model.sliding_window = 0
-  params = parity.load_on_one_device(directory, model)
+  params = saved_model.load(directory).params
   unwindowed = np.asarray(transformer.apply(model, params, tokens))
   assert np.abs(unwindowed[:, 32:] - ref[:, 32:]).max() > 1e-3
 
@@ -82,8 +82,7 @@ def test_import_onto_a_sharded_mesh_equals_one_device(family, tmp_path):
   from guide_jax import sharding
   from guide_jax.train import teacher as teacher_lib
   directory = hf_models.make(family, str(tmp_path))
-  model = hf_checkpoint.model_config(directory)
-  reference = parity.load_on_one_device(directory, model)
+  reference = saved_model.load(directory).params
   cfg = config_lib.base_config()
   cfg.mesh.update(dict(data=1, fsdp=4, tensor=2))
   mesh, rules = sharding.make_mesh(cfg.mesh), tuple(cfg.logical_rules)
@@ -100,14 +99,14 @@ def test_import_onto_a_sharded_mesh_equals_one_device(family, tmp_path):
 def test_export_loads_in_transformers_and_round_trips_bitwise(family_dir, tmp_path):
   family, directory = family_dir
   model = hf_checkpoint.model_config(directory)
-  params = parity.load_on_one_device(directory, model)
+  params = saved_model.load(directory).params
   out = tmp_path / 'export'
   out.mkdir()
   export.write_hf_dir(model, params, out, {'eos_token_id': 1}, 'float32', 2 << 30)
   tokens = batch(model, seed=1)
   ours = np.asarray(transformer.apply(model, params, tokens))
   np.testing.assert_allclose(hf_logits(str(out), tokens['inputs']), ours, atol=1e-5, rtol=0)
-  again = parity.load_on_one_device(str(out), hf_checkpoint.model_config(str(out)))
+  again = saved_model.load(str(out)).params
   assert hf_checkpoint.model_config(str(out)) == model
   jax.tree.map(lambda a, b: np.testing.assert_array_equal(np.asarray(a), np.asarray(b)),
                params, again)
@@ -116,7 +115,7 @@ def test_export_loads_in_transformers_and_round_trips_bitwise(family_dir, tmp_pa
 def test_export_shards_above_the_limit(tmp_path):
   directory = hf_models.make('llama', str(tmp_path / 'hf'))
   model = hf_checkpoint.model_config(directory)
-  params = parity.load_on_one_device(directory, model)
+  params = saved_model.load(directory).params
   out = tmp_path / 'sharded'
   out.mkdir()
   files = export.write_hf_dir(model, params, out, {}, 'bfloat16', 20_000)
@@ -124,7 +123,7 @@ def test_export_shards_above_the_limit(tmp_path):
   shards = sorted(set(index['weight_map'].values()))
   assert len(shards) > 2 and all(f in files for f in shards)
   assert all((out / f).stat().st_size < 20_000 + 8_192 for f in shards[:-1])
-  loaded = parity.load_on_one_device(str(out), hf_checkpoint.model_config(str(out)))
+  loaded = saved_model.load(str(out)).params
   want = jax.tree.map(lambda a: np.asarray(a.astype(jnp.bfloat16)).astype(np.float32), params)
   jax.tree.map(lambda a, b: np.testing.assert_array_equal(np.asarray(a), b), loaded, want)
 
@@ -143,7 +142,7 @@ def test_guide_from_hf_teacher_is_exact_at_equal_width(family, tmp_path):
   directory = hf_models.make(family, str(tmp_path), unit_final_gain=True)
   t = hf_checkpoint.model_config(directory)
   t.norm_eps = 1e-12  # folding is exact only up to the norm's epsilon
-  tp = parity.load_on_one_device(directory, t)
+  tp = saved_model.load(directory).params
   s = config_lib.model_config()
   s.update(t.to_dict())
   guided, diag = guide.project(tp, t, s, _guide_exact_student(t))
@@ -160,7 +159,7 @@ def test_guide_gpt2_layernorm_keeps_the_embedding_property(tmp_path):
   GPT-2; what holds is x0_S = x0_T M (token and learned position embeddings)."""
   directory = hf_models.make('gpt2', str(tmp_path))
   t = hf_checkpoint.model_config(directory)
-  tp = parity.load_on_one_device(directory, t)
+  tp = saved_model.load(directory).params
   s = config_lib.model_config()
   s.update(t.to_dict())
   s.update(dict(d_model=16, n_heads=2, n_kv_heads=2, head_dim=8, mlp_dim=64))
@@ -178,7 +177,7 @@ def test_guide_qk_norm_keeps_selected_gains_when_heads_shrink(tmp_path):
   RMS is then over fewer dims: approximate, documented)."""
   directory = hf_models.make('qwen3', str(tmp_path))
   t = hf_checkpoint.model_config(directory)
-  tp = parity.load_on_one_device(directory, t)
+  tp = saved_model.load(directory).params
   s = config_lib.model_config()
   s.update(t.to_dict())
   s.update(dict(d_model=16, head_dim=4, n_heads=2, n_kv_heads=1, mlp_dim=24, n_layers=1))
@@ -190,8 +189,7 @@ def test_guide_qk_norm_keeps_selected_gains_when_heads_shrink(tmp_path):
 
 def test_padded_vocabulary_rows_stay_out_of_the_pca(tmp_path):
   directory = hf_models.make('qwen2', str(tmp_path))
-  t = hf_checkpoint.model_config(directory)
-  tp = parity.load_on_one_device(directory, t)
+  tp = saved_model.load(directory).params
   padded = dict(tp, embedding=tp['embedding'].at[80:].set(100.0))
   m_ref, _, _ = guide.pca_basis(dict(tp, embedding=tp['embedding'][:80]), 16, True, 'embed')
   m_pad, _, _ = guide.pca_basis(padded, 16, True, 'embed', vocab_rows=80)

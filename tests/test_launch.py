@@ -45,12 +45,12 @@ def test_tpu_vm_commands_for_one_run():
 
 
 def test_tpu_vm_sweep_runs_every_entry_of_the_shared_sweep():
-  from guide_jax import sweep
+  from guide_jax import experiment_file, sweep
   tpu_vm = _tpu_vm()
   cmds = tpu_vm.commands('s', 'z', 'v5litepod-16', 'experiments/study_cpu.py', 'gs://b/st',
                          sweep='main')
   train = [c[-1] for c in cmds if c[4] == 'ssh'][1:]
-  module = sweep.load_module(f'{REPO}/experiments/study_cpu.py')
+  module = experiment_file.load_module(f'{REPO}/experiments/study_cpu.py')
   runs = sweep.runs(module.get_config(), module.get_sweep('main'), 'gs://b/st')
   assert len(train) == len(runs) == 18
   for command, run in zip(train, runs):
@@ -113,8 +113,9 @@ def test_gke_sweep_is_a_jobset_per_run_and_bad_tpu_is_one_line():
   gke = _gke()
   docs = gke.manifests('study', 'v5e:2x4', 1, 'img', 'experiments/study_cpu.py', 'gs://b/s',
                        sweep='main')
+  from guide_jax import experiment_file
   from guide_jax import sweep as sweep_lib
-  module = sweep_lib.load_module(f'{REPO}/experiments/study_cpu.py')
+  module = experiment_file.load_module(f'{REPO}/experiments/study_cpu.py')
   runs = sweep_lib.runs(module.get_config(), module.get_sweep('main'), 'gs://b/s')
   assert [d['metadata']['name'] for d in docs] == [
       gke.k8s_name(f'study-{r.name}') for r in runs]
@@ -130,3 +131,44 @@ def test_gke_sweep_is_a_jobset_per_run_and_bad_tpu_is_one_line():
                         '--dry_run'], cwd=REPO, env=env, capture_output=True, text=True,
                        timeout=300)
   assert bad.returncode == 2 and bad.stderr.strip().splitlines()[-1].startswith('error: ')
+
+
+def test_gke_dry_run_of_the_70b_teacher_on_two_slices_with_a_local_tier():
+  """experiments/guide_70b_8b.py as its docstring compiles it: 2 slices of v5p:4x4x4 (16
+  hosts of 4 chips each), data parallel across them, and a local checkpoint tier on each
+  node's RAM disk."""
+  import yaml
+  env = {k: v for k, v in os.environ.items() if k != 'XLA_FLAGS'}
+  out = subprocess.run(
+      [sys.executable, 'launch/gke.py', '--name=guide-70b-8b', '--tpu=v5p:4x4x4',
+       '--num_slices=2', '--image=us-docker.pkg.dev/p/r/guide_jax:1',
+       '--config=experiments/guide_70b_8b.py', '--workdir=gs://b/70b_8b',
+       '--override=--config.mesh.dcn_data=2',
+       '--override=--config.teacher.checkpoint=gs://b/Llama-3.1-70B',
+       '--override=--config.data.train_files=gs://b/corpus/*.jsonl.zst',
+       '--local_checkpoint_dir=/local', '--local_checkpoint_every=50', '--dry_run'],
+      cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
+  assert out.returncode == 0, out.stderr[-3000:]
+  (js,) = yaml.safe_load_all(out.stdout)
+  (job,) = js['spec']['replicatedJobs']
+  assert job['replicas'] == 2
+  spec = job['template']['spec']
+  assert spec['parallelism'] == spec['completions'] == 16
+  pod = spec['template']['spec']
+  assert pod['nodeSelector']['cloud.google.com/gke-tpu-topology'] == '4x4x4'
+  assert pod['volumes'] == [{'name': 'local-checkpoints', 'hostPath': {
+      'path': '/dev/shm/guide_jax/guide-70b-8b', 'type': 'DirectoryOrCreate'}}]
+  (container,) = pod['containers']
+  assert container['volumeMounts'] == [{'name': 'local-checkpoints', 'mountPath': '/local'}]
+  assert container['resources'] == {'limits': {'google.com/tpu': 4}}
+  assert container['command'][2] == (
+      "python -m guide_jax.main --config=experiments/guide_70b_8b.py "
+      "--config.mesh.dcn_data=2 --config.teacher.checkpoint=gs://b/Llama-3.1-70B "
+      "'--config.data.train_files=gs://b/corpus/*.jsonl.zst' "
+      "--config.train.local_checkpoint_dir=/local --config.train.local_checkpoint_every=50 "
+      "--workdir=gs://b/70b_8b")
+  half = subprocess.run(
+      [sys.executable, 'launch/gke.py', '--name=x', '--tpu=v5p:4x4x4', '--image=i',
+       '--config=experiments/guide_70b_8b.py', '--workdir=gs://b', '--local_checkpoint_dir=/l',
+       '--dry_run'], cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
+  assert half.returncode == 2 and 'give both' in half.stderr.strip().splitlines()[-1]

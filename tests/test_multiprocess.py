@@ -2,6 +2,7 @@
 
 import json
 import os
+import shutil
 import socket
 import subprocess
 import sys
@@ -20,8 +21,10 @@ def _free_port() -> int:
     return s.getsockname()[1]
 
 
-def _run(nproc, devices_per_process, workdir, tmp_path, tag, interrupt_at=None):
+def _run(nproc, devices_per_process, workdir, tmp_path, tag, interrupt_at=None, local=None):
   env = {k: v for k, v in os.environ.items() if k not in ('XLA_FLAGS', 'JAX_PLATFORMS')}
+  if local:
+    env['GUIDE_LOCAL_TIER'] = str(local)
   port = _free_port()
   procs, outs = [], []
   for pid in range(nproc):
@@ -33,10 +36,12 @@ def _run(nproc, devices_per_process, workdir, tmp_path, tag, interrupt_at=None):
     procs.append(subprocess.Popen(args, env=env, stdout=subprocess.PIPE,
                                   stderr=subprocess.STDOUT, text=True))
     outs.append(out)
+  logs = []
   for p in procs:
     log, _ = p.communicate(timeout=900)
     assert p.returncode == 0, log[-4000:]
-  return [json.loads(o.read_text()) for o in outs]
+    logs.append(log)
+  return [json.loads(o.read_text()) | {'log': log} for o, log in zip(outs, logs)]
 
 
 @pytest.mark.slow  # ~2-3 minutes: three trainer runs in subprocesses
@@ -45,15 +50,22 @@ def test_two_processes_match_one_and_resume(tmp_path):
   one = _run(1, 4, single, tmp_path, 'single')  # also fills the tokenizer cache first
   assert one[0]['devices'] == 4 and one[0]['step'] == 6
 
-  multi = tmp_path / 'multi'
-  first = _run(2, 2, multi, tmp_path, 'first', interrupt_at=3)
+  multi, local = tmp_path / 'multi', tmp_path / 'local'
+  first = _run(2, 2, multi, tmp_path, 'first', interrupt_at=3, local=local)
   assert [r['process_index'] for r in first] == [0, 1]
   assert all(r['process_count'] == 2 and r['devices'] == 4 and r['step'] == 3 for r in first)
-  second = _run(2, 2, multi, tmp_path, 'second')  # a restart resumes at step 3
+  # Each process keeps its own local tier (its shards only); lose the persistent step 3,
+  # as when a preemption came before it was written: the restart takes the local one.
+  assert [sorted(os.listdir(local / f'process_{p}')) for p in (0, 1)] == [['2', '3']] * 2
+  shutil.rmtree(multi / 'checkpoints' / '3')
+  second = _run(2, 2, multi, tmp_path, 'second', local=local)  # resumes at step 3
   assert all(r['step'] == 6 for r in second)
+  # (process 0 prints; process 1 has no persistent step 3 to fall back on, so it too
+  # restored its local copy, and the losses below equal the single run's)
+  assert f'starting at step 3 (restored {local}/process_0/3 in ' in second[0]['log']
 
-  # Checkpoints were written once, by the processes together (no per-process copies).
-  assert sorted(os.listdir(multi / 'checkpoints')) == ['3', '6']
+  # Persistent checkpoints are written once, by the processes together.
+  assert sorted(os.listdir(multi / 'checkpoints')) == ['6']
   assert sorted(os.listdir(multi / 'teacher' / 'checkpoints')) == ['3', '4']
 
   # The loss trajectory equals the single-process run on the same 4-device mesh.

@@ -11,6 +11,7 @@ import pytest
 from guide_jax import config as config_lib
 from guide_jax import sharding
 from guide_jax.infer import sampler as sampler_lib
+from guide_jax.train import checkpointing
 from guide_jax.models import transformer
 
 PROMPTS = [[5, 9, 3], [7, 1, 2, 8, 11, 4, 6, 30, 31, 32, 40, 41, 50, 51, 52, 53, 54], [12],
@@ -146,5 +147,7 @@ def test_generate_cli_streams_the_greedy_completion(tmp_path):
   assert sorted(line[:4] for line in out.stdout.splitlines()) == ['[0] ', '[1] ']
   bad = generate()
   assert bad.returncode == 2 and 'error: no prompt' in bad.stderr.strip().splitlines()[-1]
-  with pytest.raises(config_lib.ConfigError, match='neither a training run'):
+  with pytest.raises(checkpointing.CheckpointError,
+                     match=r"--workdir='.*none' has no checkpoints/ directory \(and no "
+                           r"config.json of a Hugging Face model\)"):
     sampler_lib.load(str(tmp_path / 'none'))

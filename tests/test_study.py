@@ -11,7 +11,7 @@ import time
 
 import pytest
 
-from guide_jax import report, study, sweep
+from guide_jax import experiment_file, report, study, sweep
 from conftest import REPO
 
 STUDY_FILE = f'{REPO}/experiments/study_cpu.py'
@@ -34,7 +34,7 @@ def test_sweep_overrides_and_flags(tiny_config, tmp_path):
 
 
 def test_study_cpu_sweeps_are_well_formed():
-  module = sweep.load_module(STUDY_FILE)
+  module = experiment_file.load_module(STUDY_FILE)
   main = sweep.runs(module.get_config(), module.get_sweep('main'), '/tmp/x')
   arms = {r.name.split('/')[0] for r in main}
   assert arms == {'baseline', 'kd', 'guide', 'guide_match', 'guide_kd', 'guide_match_kd'}
@@ -58,7 +58,7 @@ def test_study_regime_is_sized_as_its_issue_asks():
   parameter, an eval at step 0, the teacher seeing its corpus at most about twice."""
   import jax
   from guide_jax.models import transformer
-  module = sweep.load_module(f'{REPO}/experiments/study_regime.py')
+  module = experiment_file.load_module(f'{REPO}/experiments/study_regime.py')
   config = module.get_config()
   runs = sweep.runs(config, module.get_sweep('main'), '/tmp/x')
   assert len(runs) == 15 and {r.name.split('/')[0] for r in runs} == {
@@ -75,7 +75,7 @@ def test_study_regime_is_sized_as_its_issue_asks():
 def test_cached_arms_share_one_teacher_logits_cache_per_data_seed(tmp_path):
   """The regime study's `cached` sweep: kd_cached and guide_kd_cached of a seed read one
   cache (their data order is the same), each seed its own; the online arms none."""
-  module = sweep.load_module(f'{REPO}/experiments/study_regime.py')
+  module = experiment_file.load_module(f'{REPO}/experiments/study_regime.py')
   config = module.get_config()
   path = f'{REPO}/experiments/study_regime.py'
   _, _, runs = study.plan(config, path, 'main', tmp_path)
@@ -225,14 +225,14 @@ def test_report_without_runs_is_an_error(tmp_path):
 
 MINIATURE = f"""
 \"\"\"study_cpu.py shrunk to lm_tiny sizes: 2 steps per run, teacher twice as wide.\"\"\"
-from guide_jax import sweep
+from guide_jax import experiment_file
 
-_study = sweep.load_module({STUDY_FILE!r})
+_study = experiment_file.load_module({STUDY_FILE!r})
 get_sweep = _study.get_sweep
 
 
 def get_config():
-  tiny = sweep.load_module({REPO + '/experiments/lm_tiny.py'!r}).get_config()
+  tiny = experiment_file.load_module({REPO + '/experiments/lm_tiny.py'!r}).get_config()
   config = _study.get_config()
   for c, width in ((config, 32), (config.teacher.pretrain, 64)):
     c.model = tiny.model.copy_and_resolve_references()
@@ -256,7 +256,7 @@ ARMS = ('baseline', 'guide_match_kd')
 def test_miniature_study_runs_resumes_and_reports(tmp_path):
   study_file = tmp_path / 'study_miniature.py'
   study_file.write_text(MINIATURE)
-  config = sweep.load_module(study_file).get_config()
+  config = experiment_file.load_module(study_file).get_config()
   logs = []
   only = '^(baseline|guide_match_kd)/seed0$'  # no teacher term; GUIDE + MATCH + KD
   # Two runs at a time, each in its own process on one core (the teacher first, alone).
@@ -312,7 +312,7 @@ def test_an_interrupted_teacher_is_not_marked_finished(tmp_path, monkeypatch):
   from guide_jax.train import trainer
   study_file = tmp_path / 'study_miniature.py'
   study_file.write_text(MINIATURE)
-  config = sweep.load_module(study_file).get_config()
+  config = experiment_file.load_module(study_file).get_config()
   calls = []
   monkeypatch.setattr(trainer, 'train', lambda cfg, workdir: calls.append(workdir) or {
       'step': 1, 'interrupted': True, 'params': {}})
@@ -327,7 +327,7 @@ def test_sigterm_reaches_the_teacher_of_a_parallel_study(tmp_path, monkeypatch):
   teacher's process, which checkpoints and exits; the study then stops, failing nothing."""
   study_file = tmp_path / 'study_miniature.py'
   study_file.write_text(MINIATURE)
-  config = sweep.load_module(study_file).get_config()
+  config = experiment_file.load_module(study_file).get_config()
   real_popen = subprocess.Popen
   until_sigterm = ('import signal, sys, time; '
                    'signal.signal(signal.SIGTERM, lambda *_: sys.exit(0)); '

@@ -11,7 +11,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from guide_jax import losses, sharding
+from guide_jax import losses, sharding, teacher_logits
 from guide_jax.train import steps, teacher_cache, trainer
 
 from conftest import REPO, load_experiment, read_metrics, train_losses
@@ -129,7 +129,7 @@ def built(tmp_path_factory, monkeypatch_module):
   trainer.train(t, root / 'teacher')
   monkeypatch_module.setattr(teacher_cache, 'FILE_BYTES', 1)  # one step a file
   cfg = _student(root / 'teacher')
-  result = teacher_cache.build(cfg, str(root / 'k16'), top_k=16, log=lambda *_: None)
+  result = teacher_logits.build(cfg, str(root / 'k16'), top_k=16, log=lambda *_: None)
   return root, cfg, result
 
 
@@ -154,15 +154,15 @@ def test_killed_build_resumes_to_the_same_bytes(built):
   assert result.steps_built == 8 and result.manifest['steps_per_file'] == 1
   assert result.manifest['teacher_eval']['eval_loss'] > 0
   out = root / 'resumed'
-  part = teacher_cache.build(cfg, str(out), top_k=16, stop_after_blocks=3,
+  part = teacher_logits.build(cfg, str(out), top_k=16, stop_after_blocks=3,
                              log=lambda *_: None)
   assert part.interrupted and part.steps_built == 3
   (out / 'rows' / '000000' / '.000003.bin.tmp').write_bytes(b'half a write')  # killed here
-  rest = teacher_cache.build(cfg, str(out), top_k=16, log=lambda *_: None)
+  rest = teacher_logits.build(cfg, str(out), top_k=16, log=lambda *_: None)
   assert rest.steps_built == 5
   assert not (out / 'rows' / '000000' / '.000003.bin.tmp').exists()  # rewritten, renamed
   assert _files(out) == _files(root / 'k16')
-  assert teacher_cache.build(cfg, str(out), top_k=16, log=lambda *_: None).steps_built == 0
+  assert teacher_logits.build(cfg, str(out), top_k=16, log=lambda *_: None).steps_built == 0
 
 
 def test_cached_run_resumed_mid_run_equals_uninterrupted(built, tmp_path):
@@ -197,7 +197,7 @@ def test_cache_at_full_vocabulary_trains_like_online_kd(built, tmp_path):
   cfg = cfg.copy_and_resolve_references()
   cfg.guide.init = 'blocks'
   cfg.train.steps = 4
-  full = teacher_cache.build(cfg, str(tmp_path / 'full'), top_k=cfg.model.vocab_size,
+  full = teacher_logits.build(cfg, str(tmp_path / 'full'), top_k=cfg.model.vocab_size,
                              log=lambda *_: None)
   assert full.manifest['top_k'] == 512
   online = trainer.train(cfg, tmp_path / 'online')

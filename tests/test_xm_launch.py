@@ -94,8 +94,8 @@ def test_bad_launch_exits_2_with_one_line(tmp_path, args, message):
 
 
 def test_cloud_images_install_the_accelerator_extra():
-  from guide_jax import sweep
-  xm_launch = sweep.load_module(REPO / 'launch' / 'xm_launch.py')  # absl only at import
+  from guide_jax import experiment_file
+  xm_launch = experiment_file.load_module(REPO / 'launch' / 'xm_launch.py')  # absl only at import
   assert xm_launch.pip_extras('seqio', 'tpu_v5p=4x4x2') == 'seqio,tpu'
   assert xm_launch.pip_extras('seqio', 'a100=8') == 'seqio,gpu'
   assert xm_launch.pip_extras('', '') == ''

@@ -10,9 +10,11 @@ Layout of <cache_dir>/tokens/<key>/:
 key = a hash of (layout version, tokenizer fingerprint, text_key, each file's path, size
 and modification time): a changed file or tokenizer is a new cache, never a stale one.
 
-Building groups the files into shards of about SHARD_BYTES, tokenizes the shards in
-parallel (a spawned process pool over the cores, for corpora of 2+ shards a core), and writes each shard atomically into
-<key>.partial/, so a killed build resumes with the shards it had finished. The shards are
+Building groups the files into shards of about SHARD_BYTES (a large JSON-lines file is
+split into byte ranges instead, or, compressed, cut into batches of lines by one reader:
+see `plan`), tokenizes the shards in parallel (a spawned process pool over the cores, for
+corpora of 2+ shards a core), and writes each shard atomically into <key>.partial/, so a
+killed build resumes with the shards it had finished. The shards are
 then concatenated into a temporary directory that is renamed to <key>/ in one step; a
 corpus with too many malformed records fails before anything is renamed.
 """
@@ -29,6 +31,7 @@ import os
 import pathlib
 import shutil
 import sys
+from typing import Sequence
 
 import numpy as np
 import tqdm
@@ -37,7 +40,8 @@ from guide_jax.data import sources as sources_lib
 from guide_jax.data import tokenizer as tokenizer_lib
 
 LAYOUT = 'v1'
-SHARD_BYTES = 4 << 20
+SHARD_BYTES = 4 << 20  # input bytes of small files grouped into one shard
+RANGE_BYTES = 4 << 20  # a JSON-lines file larger than this is split into ranges of it
 
 
 @dataclasses.dataclass(frozen=True)
@@ -77,54 +81,115 @@ class TokenCache:
     return Documents(self.tokens, starts, self.offsets[1:][keep] - starts)
 
 
-def _stat(path: str) -> tuple[int, int]:
-  if '://' in path:
-    from etils import epath
-    st = epath.Path(path).stat()
-    return int(st.length), int(st.mtime)
-  st = os.stat(path)
-  return st.st_size, st.st_mtime_ns
-
-
 def add_files(digest, source: sources_lib.Source) -> None:
   """Hash each file's path, key, size and modification time: a changed file changes it."""
-  for path, key in zip(source.files, source.keys):
-    size, mtime = _stat(path)
+  for path, key, (size, mtime) in zip(source.files, source.keys, source.stats):
     digest.update(f'{path}\0{key}\0{size}\0{mtime}\0'.encode())
 
 
 def cache_key(source: sources_lib.Source, vocab: tokenizer_lib.AnyVocabulary) -> str:
   digest = hashlib.sha256(f'{LAYOUT}\0{vocab.fingerprint}\0{source.text_key}\0'.encode())
+  if source.file_format != 'auto':  # 'auto' adds nothing: the caches built before it stay
+    digest.update(f'format={source.file_format}\0'.encode())
   add_files(digest, source)
   return digest.hexdigest()[:20]
 
 
-def _shards(source: sources_lib.Source) -> list[list[int]]:
-  """File indices grouped into shards of about SHARD_BYTES of input, in file order."""
+@dataclasses.dataclass(frozen=True)
+class Piece:
+  """What a shard reads of one file: all of it, or the lines of a byte range (or of a batch
+  a decompressing reader handed over)."""
+  path: str
+  key: str
+  lines: sources_lib.LineRange | None = None
+
+
+@dataclasses.dataclass(frozen=True)
+class Shard:
+  pieces: tuple[Piece, ...]
+  bytes: int           # of input, for the progress bar
+  stream: bool = False  # a large compressed JSON-lines file: its parts come from one reader
+
+
+def plan(source: sources_lib.Source) -> list[Shard]:
+  """The shards of `source`, in document order: small files grouped into shards of about
+  SHARD_BYTES; a large uncompressed JSON-lines file split into byte ranges of about
+  RANGE_BYTES (their first line indices still 0: number_lines sets them); a large
+  compressed one a `stream` shard, cut into parts of RANGE_BYTES of lines as it is read.
+  Either way one big file is tokenized by every worker."""
   shards, current, size = [], [], 0
-  for i, path in enumerate(source.files):
-    current.append(i)
-    size += _stat(path)[0]
+
+  def close():
+    nonlocal current, size
+    if current:
+      shards.append(Shard(tuple(current), size))
+    current, size = [], 0
+
+  for path, key, (file_size, _) in zip(source.files, source.keys, source.stats):
+    ranges = sources_lib.line_ranges(path, file_size, RANGE_BYTES, source.file_format)
+    stream = (not ranges and file_size > RANGE_BYTES and
+              sources_lib.format_of(path, source.file_format)[1] and
+              sources_lib.is_json_lines(path, source.file_format))
+    if ranges or stream:
+      close()
+      shards.extend([Shard((Piece(path, key, r),), r.end - r.start) for r in ranges] if ranges
+                    else [Shard((Piece(path, key),), file_size, stream=True)])
+      continue
+    current.append(Piece(path, key))
+    size += file_size
     if size >= SHARD_BYTES:
-      shards.append(current)
-      current, size = [], 0
-  return shards + ([current] if current else [])
+      close()
+  close()
+  return shards
+
+
+def number_lines(shards: list[Shard], map_fn) -> list[Shard]:
+  """`shards` with each byte range's first line index: the line starts of the file's earlier
+  ranges, counted (by `map_fn`, a pool's map) at memory speed before anything is parsed."""
+  ranged = [s.pieces[0] for s in shards if s.pieces[0].lines is not None]
+  counts = list(map_fn(sources_lib.count_lines, [p.path for p in ranged],
+                       [p.lines.start for p in ranged], [p.lines.end for p in ranged]))
+  out, seen, i = [], {}, 0
+  for shard in shards:
+    piece = shard.pieces[0]
+    if piece.lines is None:
+      out.append(shard)
+      continue
+    first = seen.get(piece.path, 0)
+    seen[piece.path] = first + counts[i]
+    i += 1
+    lines = dataclasses.replace(piece.lines, first=first)
+    out.append(Shard((dataclasses.replace(piece, lines=lines),), shard.bytes))
+  return out
+
+
+def _shard_files(partial: pathlib.Path, n: int) -> list[pathlib.Path] | None:
+  """The files shard n was written to, in order, or None when it is not finished: one file,
+  or a stream shard's parts once its `.parts` file (their count) is written."""
+  whole = partial / f'shard-{n:05d}.npz'
+  if whole.exists():
+    return [whole]
+  parts = partial / f'shard-{n:05d}.parts'
+  if parts.exists():
+    return [partial / f'shard-{n:05d}-{m:05d}.npz' for m in range(int(parts.read_text()))]
+  return None
 
 
 _VOCABS: dict[str, tokenizer_lib.AnyVocabulary] = {}
 
 
-def tokenize_shard(files: list[str], keys: list[str], text_key: str, vocab_path: str,
+def tokenize_shard(shard: Shard, text_key: str, file_format: str, vocab_path: str,
                    out: str) -> dict:
-  """Tokenize `files` into the shard file `out` (atomically); returns its counts."""
+  """Tokenize `shard` into the shard file `out` (atomically); returns its counts."""
   vocab = _VOCABS.get(vocab_path) or _VOCABS.setdefault(vocab_path,
                                                          tokenizer_lib.load(vocab_path))
   texts, buckets, counts = [], [], sources_lib.Counts()
-  for path, file_key in zip(files, keys):
-    fmt, _ = sources_lib.format_of(path)
-    for index, text in sources_lib.read_documents(path, text_key, counts):
+  for piece in shard.pieces:
+    fmt, _ = sources_lib.format_of(piece.path, file_format)
+    for index, text in sources_lib.read_documents(piece.path, text_key, counts, file_format,
+                                                  piece.lines):
       texts.append(text)
-      key = sources_lib.document_key(file_key, index, fmt)
+      key = sources_lib.document_key(piece.key, index, fmt)
       buckets.append(sources_lib.bucket_of(key))
   docs = vocab.encode_batch(texts) if texts else []
   lengths = np.array([len(d) + 1 for d in docs], np.int64)
@@ -133,7 +198,7 @@ def tokenize_shard(files: list[str], keys: list[str], text_key: str, vocab_path:
   for d, end in zip(docs, ends):
     tokens[end - len(d) - 1:end - 1] = d
     tokens[end - 1] = vocab.eos_id
-  stats = dataclasses.asdict(counts) | {'bytes': sum(_stat(p)[0] for p in files)}
+  stats = dataclasses.asdict(counts) | {'bytes': shard.bytes}
   tmp = f'{out}.{os.getpid()}.tmp.npz'
   np.savez(tmp, tokens=tokens, lengths=lengths, buckets=np.array(buckets, np.uint8),
            stats=np.frombuffer(json.dumps(stats).encode(), np.uint8))
@@ -153,32 +218,74 @@ def _init_worker() -> None:
   tokenizer_lib.ENCODE_THREADS = 1
 
 
-def _run_shards(jobs: list[tuple], workers: int, progress: tqdm.tqdm) -> None:
+def _jobs(shards: list[Shard], todo: list[int], partial: pathlib.Path, file_format: str,
+          parts: dict[int, int]):
+  """(shard, out file) to tokenize: each unfinished shard, a stream shard part by part as
+  its reader decompresses them (parts already written are read past, not redone);
+  `parts[n]` gets a stream shard's part count once its reader is done."""
+  for n in todo:
+    shard = shards[n]
+    if not shard.stream:
+      yield shard, partial / f'shard-{n:05d}.npz'
+      continue
+    piece = shard.pieces[0]
+    m = -1
+    for m, lines in enumerate(sources_lib.line_batches(piece.path, RANGE_BYTES, file_format)):
+      out = partial / f'shard-{n:05d}-{m:05d}.npz'
+      if not out.exists():
+        yield Shard((dataclasses.replace(piece, lines=lines),), 0), out
+    parts[n] = m + 1
+
+
+def _run_shards(shards: list[Shard], todo: list[int], partial: pathlib.Path,
+                args: tuple[str, str, str], workers: int, progress: tqdm.tqdm) -> None:
+  """Tokenize the shards `todo` (args: text_key, file_format, vocab path), numbering the
+  ranges' lines first; in a process pool when there is enough work for one, with a bounded
+  number of parts in flight (a stream shard's reader runs ahead of the workers by that)."""
+  work = sum(2 * workers if shards[n].stream else 1 for n in todo)
+  parts: dict[int, int] = {}
+
+  def finish(stats):
+    progress.update(stats['bytes'])
+
+  def close_streams():
+    for n, count in parts.items():
+      (partial / f'shard-{n:05d}.parts').write_text(str(count))
+      progress.update(shards[n].bytes)
+
   # Spawning costs seconds, and the tokenizers' own threads already use every core for
   # encoding: a pool pays off (parsing in parallel too) when each worker gets 2+ shards.
-  if workers <= 1 or len(jobs) < 2 * workers or not _spawnable():
-    for job in jobs:
-      progress.update(tokenize_shard(*job)['bytes'])
+  if workers <= 1 or work < 2 * workers or not _spawnable():
+    shards = number_lines(shards, map)
+    for shard, out in _jobs(shards, todo, partial, args[1], parts):
+      finish(tokenize_shard(shard, *args, str(out)))
+    close_streams()
     return
   context = multiprocessing.get_context('spawn')  # never fork a process that runs JAX
-  with concurrent.futures.ProcessPoolExecutor(min(workers, len(jobs)), mp_context=context,
+  with concurrent.futures.ProcessPoolExecutor(min(workers, work), mp_context=context,
                                               initializer=_init_worker) as pool:
-    for future in concurrent.futures.as_completed(
-        [pool.submit(tokenize_shard, *job) for job in jobs]):
-      progress.update(future.result()['bytes'])
+    shards = number_lines(shards, pool.map)
+    pending = set()
+    for shard, out in _jobs(shards, todo, partial, args[1], parts):
+      pending.add(pool.submit(tokenize_shard, shard, *args, str(out)))
+      if len(pending) >= 2 * workers:
+        done, pending = concurrent.futures.wait(
+            pending, return_when=concurrent.futures.FIRST_COMPLETED)
+        for future in done:
+          finish(future.result())
+    for future in concurrent.futures.as_completed(pending):
+      finish(future.result())
+  close_streams()
 
 
-def check_counts(counts: sources_lib.Counts, field: str, n_files: int) -> None:
+def check_counts(counts: sources_lib.Counts, field: str, files: Sequence[str]) -> None:
   if counts.records and counts.malformed > sources_lib.MAX_MALFORMED * counts.records:
     raise sources_lib.DataError(
         f'{field}: {counts.malformed} of {counts.records} records '
         f'({100 * counts.malformed / counts.records:.2f}%) are malformed, more than '
         f'{100 * sources_lib.MAX_MALFORMED:g}%; first: {counts.first_problem}')
   if counts.records == counts.malformed + counts.empty:
-    raise sources_lib.DataError(
-        f'{field}: no usable document in {n_files} file(s) ({counts.empty} empty, '
-        f'{counts.malformed} malformed of {counts.records} records); check the files and '
-        f'data.text_key')
+    raise sources_lib.unusable(field, counts, files)
 
 
 def build(source: sources_lib.Source, vocab: tokenizer_lib.AnyVocabulary,
@@ -192,20 +299,14 @@ def build(source: sources_lib.Source, vocab: tokenizer_lib.AnyVocabulary,
     return TokenCache(final)
   partial = root / f'{key}.partial'
   partial.mkdir(parents=True, exist_ok=True)
-  shards = _shards(source)
-  jobs, total_bytes = [], sum(_stat(p)[0] for p in source.files)
-  done_bytes = 0
-  for n, indices in enumerate(shards):
-    out = partial / f'shard-{n:05d}.npz'
-    if out.exists():
-      done_bytes += sum(_stat(source.files[i])[0] for i in indices)
-      continue
-    jobs.append(([source.files[i] for i in indices], [source.keys[i] for i in indices],
-                 source.text_key, vocab.path, str(out)))
-  bar = tqdm.tqdm(total=total_bytes, initial=done_bytes, unit='B', unit_scale=True,
-                  desc=f'tokenizing {field}', disable=not progress)
+  shards = plan(source)
+  todo = [n for n in range(len(shards)) if _shard_files(partial, n) is None]
+  done_bytes = sum(s.bytes for n, s in enumerate(shards) if n not in todo)
+  bar = tqdm.tqdm(total=sum(s.bytes for s in shards), initial=done_bytes, unit='B',
+                  unit_scale=True, desc=f'tokenizing {field}', disable=not progress)
   with bar:
-    _run_shards(jobs, os.cpu_count() if workers is None else workers, bar)
+    _run_shards(shards, todo, partial, (source.text_key, source.file_format, vocab.path),
+                os.cpu_count() if workers is None else workers, bar)
   try:
     return _merge(partial, len(shards), final, source, vocab, field)
   except FileNotFoundError:
@@ -217,15 +318,21 @@ def build(source: sources_lib.Source, vocab: tokenizer_lib.AnyVocabulary,
 def _merge(partial: pathlib.Path, n_shards: int, final: pathlib.Path,
            source: sources_lib.Source, vocab, field: str) -> TokenCache:
   counts, lengths, buckets, sizes = sources_lib.Counts(), [], [], []
+  files = []
   for n in range(n_shards):
-    with np.load(partial / f'shard-{n:05d}.npz') as z:
+    written = _shard_files(partial, n)
+    if written is None:  # build() catches this: another process may have merged already
+      raise FileNotFoundError(partial / f'shard-{n:05d}')
+    files += written
+  for f in files:
+    with np.load(f) as z:
       stats = json.loads(z['stats'].tobytes())
       stats.pop('bytes')
       counts.add(sources_lib.Counts(**stats))
       lengths.append(z['lengths'])
       buckets.append(z['buckets'])
       sizes.append(int(z['lengths'].sum()))
-  check_counts(counts, field, len(source.files))
+  check_counts(counts, field, source.files)
   if counts.malformed or counts.empty:
     logging.warning('%s: skipped %d malformed and %d empty of %d records (first problem: %s)',
                     field, counts.malformed, counts.empty, counts.records,
@@ -235,8 +342,8 @@ def _merge(partial: pathlib.Path, n_shards: int, final: pathlib.Path,
     tokens = np.lib.format.open_memmap(tmp / 'tokens.npy', mode='w+', dtype=np.int32,
                                        shape=(int(lengths.sum()),))
     at = 0
-    for n, size in enumerate(sizes):
-      with np.load(partial / f'shard-{n:05d}.npz') as z:
+    for f, size in zip(files, sizes):
+      with np.load(f) as z:
         tokens[at:at + size] = z['tokens']
       at += size
     tokens.flush()
@@ -244,7 +351,8 @@ def _merge(partial: pathlib.Path, n_shards: int, final: pathlib.Path,
     np.save(tmp / 'offsets.npy', np.concatenate([[0], np.cumsum(lengths)]).astype(np.int64))
     np.save(tmp / 'buckets.npy', np.concatenate(buckets))
     manifest = {'layout': LAYOUT, 'field': field, 'tokenizer': vocab.path, 'tokenizer_fingerprint':
-                vocab.fingerprint, 'text_key': source.text_key, 'files': list(source.files),
+                vocab.fingerprint, 'text_key': source.text_key,
+                'file_format': source.file_format, 'files': list(source.files),
                 'documents': int(len(lengths)), 'tokens': int(lengths.sum()),
                 'counts': dataclasses.asdict(counts)}
     (tmp / 'manifest.json').write_text(json.dumps(manifest, indent=1))

@@ -72,6 +72,15 @@ class PackedRows:
         self._epoch_cache = (epoch, order, ends, row_order)
       return self._epoch_cache[1:]
 
+  def documents_in(self, row_indices: np.ndarray) -> np.ndarray:
+    """The documents (indices into self.docs) that epoch 0's rows `row_indices` touch."""
+    order, ends, row_order = self._epoch(0)
+    first = row_order[row_indices] * self.seq_len
+    lo = np.searchsorted(ends, first, side='right')
+    hi = np.searchsorted(ends, first + self.seq_len, side='right')
+    slots = np.unique(np.concatenate([np.arange(a, b + 1) for a, b in zip(lo, hi)]))
+    return np.unique(order[slots[slots < len(order)]])
+
   def rows(self, epoch, row_indices):
     order, ends, row_order = self._epoch(epoch)
     positions = (row_order[row_indices] * self.seq_len)[:, None] + np.arange(self.seq_len + 1)
@@ -197,6 +206,7 @@ class Data:
   eval_batches: list[dict[str, np.ndarray]]   # process-local, fixed across evaluations
   vocab_path: str                              # '' for synthetic data
   vocab_size: int
+  eval_coverage: dict[str, int] = dataclasses.field(default_factory=dict)  # fixed_eval_batches'
 
 
 @dataclasses.dataclass
@@ -215,30 +225,37 @@ def corpus_of(config: ml_collections.ConfigDict) -> Corpus:
     corpus = embedded.EmbeddedCorpus(d.embedded_root, d.validation_percent, d.test_percent)
     return Corpus([corpus.source()], None, corpus.fingerprint,
                   (d.validation_percent, d.test_percent))
-  train = sources_lib.sources_of(d.train_files, 'data.train_files', d.text_key)
+  train = sources_lib.sources_of(d.train_files, 'data.train_files', d.text_key, d.file_format)
   held_out = (0, 0)
   if d.eval_files:
-    evals = sources_lib.sources_of(d.eval_files, 'data.eval_files', d.text_key)
+    evals = sources_lib.sources_of(d.eval_files, 'data.eval_files', d.text_key, d.file_format)
     evaluation = sources_lib.Source(sum((e.files for e in evals), ()),
-                                    sum((e.keys for e in evals), ()), 1.0, d.text_key)
+                                    sum((e.keys for e in evals), ()), 1.0, d.text_key,
+                                    d.file_format, sum((e.stats for e in evals), ()))
   else:
     evaluation, held_out = None, (d.validation_percent, d.test_percent)
   digest = hashlib.sha256(f'files:{held_out}:{d.text_key}'.encode())
+  if d.file_format != 'auto':
+    digest.update(f'format={d.file_format}'.encode())
   for source in train:
     cache_lib.add_files(digest, source)
   return Corpus(train, evaluation, digest.hexdigest()[:16], held_out)
 
 
 def training_lines(corpus: Corpus) -> Iterator[str]:
-  """Non-blank lines of the train documents (each source's share of a byte budget)."""
+  """Non-blank lines of the train documents (each source's share of a byte budget).
+
+  A source without one usable document is a DataError naming its files and what is wrong
+  with their records, not a tokenizer that fails to train on nothing."""
   budget = TOKENIZER_TRAINING_BYTES // len(corpus.train)
   validation, test = corpus.held_out
-  for source in corpus.train:
-    used = 0
+  for i, source in enumerate(corpus.train):
+    used, counts, documents = 0, sources_lib.Counts(), 0
     for path, file_key in zip(source.files, source.keys):
-      fmt, _ = sources_lib.format_of(path)
-      for index, text in sources_lib.read_documents(path, source.text_key,
-                                                    sources_lib.Counts()):
+      fmt, _ = sources_lib.format_of(path, source.file_format)
+      for index, text in sources_lib.read_documents(path, source.text_key, counts,
+                                                    source.file_format):
+        documents += 1
         key = sources_lib.document_key(file_key, index, fmt)
         if corpus.eval is None and sources_lib.split_of(key, validation, test) != 'train':
           continue
@@ -250,6 +267,9 @@ def training_lines(corpus: Corpus) -> Iterator[str]:
           break
       if used >= budget:
         break
+    if not documents:
+      field = 'data.train_files' if len(corpus.train) == 1 else f'data.train_files[{i}]'
+      raise sources_lib.unusable(field, counts, source.files)
 
 
 def build(config: ml_collections.ConfigDict, progress: bool = False) -> Data:
@@ -257,7 +277,8 @@ def build(config: ml_collections.ConfigDict, progress: bool = False) -> Data:
   d = config.data
   if d.backend == 'seqio':
     from guide_jax.data import seqio_backend  # TensorFlow: only on this path
-    return seqio_backend.build(config)
+    return Data(**seqio_backend.build(
+        config, lambda: load_vocabulary(config, corpus_of(config)).path))
   if d.backend == 'synthetic':
     vocab_size = config.model.vocab_size
     train = [SyntheticSource(vocab_size, d.seq_len, d.seed)]
@@ -283,13 +304,14 @@ def build(config: ml_collections.ConfigDict, progress: bool = False) -> Data:
             f'{c.manifest["field"]}: the train split has {rows.docs.n_tokens} tokens, fewer '
             f'than data.seq_len + 1 = {d.seq_len + 1}; add data or lower data.seq_len')
     weights, vocab_path, vocab_size = [s.weight for s in corpus.train], vocab.path, vocab.size
-  eval_batches = fixed_eval_batches(valid, d.global_batch_size, d.eval_batches,
-                                    weights if len(valid) == len(train) else None)
+  eval_batches, eval_coverage = fixed_eval_batches(
+      valid, d.global_batch_size, d.eval_batches, weights if len(valid) == len(train) else None)
   if vocab_path:
     add_target_bytes(eval_batches, vocab.token_bytes())
   return Data(train=BatchIterator(train, d.global_batch_size, weights=weights,
                                   prefetch=d.prefetch),
-              eval_batches=eval_batches, vocab_path=vocab_path, vocab_size=vocab_size)
+              eval_batches=eval_batches, vocab_path=vocab_path, vocab_size=vocab_size,
+              eval_coverage=eval_coverage)
 
 
 def add_target_bytes(batches: list[dict[str, np.ndarray]], token_bytes: np.ndarray) -> None:
@@ -349,9 +371,44 @@ def load_vocabulary(config, corpus: Corpus) -> tokenizer_lib.AnyVocabulary:
   return vocab
 
 
+# How evaluation picks its rows; recorded where eval batches are stored (teacher-logits
+# caches), so that batches picked another way are never mistaken for these.
+EVAL_ROWS = 'spread'
+
+
+class SpreadRows:
+  """`n` rows spread evenly over one epoch of an unshuffled source (rows i * R // n), so
+  that evaluation covers a held-out split from its first document to its last instead of
+  its first rows. All of it when it has no more than `n` rows."""
+
+  def __init__(self, source: RowSource, n: int):
+    self.source, self.rows_per_epoch = source, n
+    self.picked = np.arange(n, dtype=np.int64) * source.rows_per_epoch // n
+
+  def rows(self, epoch, row_indices):
+    assert epoch == 0, 'evaluation reads one pass'
+    return self.source.rows(0, self.picked[row_indices])
+
+  def coverage(self) -> dict[str, int]:
+    """Documents (of the split's) and target tokens these rows hold."""
+    out = {'rows': self.rows_per_epoch, 'tokens': self.rows_per_epoch * getattr(
+        self.source, 'seq_len', 0)}
+    if isinstance(self.source, PackedRows):
+      out['documents'] = len(self.source.documents_in(self.picked))
+      out['split_documents'] = len(self.source.docs.lengths)
+      out['split_tokens'] = self.source.docs.n_tokens
+    else:  # synthetic: every row is its own document
+      out['documents'] = self.rows_per_epoch
+    return out
+
+
 def fixed_eval_batches(sources: Sequence[RowSource], global_batch_size: int, max_batches: int,
-                       weights: Sequence[float] | None = None) -> list[dict[str, np.ndarray]]:
-  """The first rows of the (unshuffled) validation streams, as many full batches as fit."""
+                       weights: Sequence[float] | None = None
+                       ) -> tuple[list[dict[str, np.ndarray]], dict[str, int]]:
+  """As many full batches as fit (up to `max_batches`) of rows spread over the whole of each
+  (unshuffled) validation stream, and what they cover: {'rows', 'tokens', 'documents',
+  'split_documents', 'split_tokens'} summed over the streams (the global batch's, not this
+  process's)."""
   it = BatchIterator(list(sources), global_batch_size, weights=weights)
   available = np.array([s.rows_per_epoch for s in it.sources])
   n = max_batches
@@ -361,4 +418,12 @@ def fixed_eval_batches(sources: Sequence[RowSource], global_batch_size: int, max
     raise ValueError(f'the validation split has {available.tolist()} rows, fewer than '
                      f'one batch of data.global_batch_size={global_batch_size}; lower the '
                      f'batch or add data (data.eval_files, data.validation_percent)')
-  return [it.batch_at(i) for i in range(n)]
+  needed = it.mixture.at(n)[1]
+  spread = [SpreadRows(s, int(k)) for s, k in zip(it.sources, needed)]
+  it.sources = spread
+  coverage: dict[str, int] = {}
+  for s in spread:
+    if s.rows_per_epoch:
+      for k, v in s.coverage().items():
+        coverage[k] = coverage.get(k, 0) + v
+  return [it.batch_at(i) for i in range(n)], coverage

@@ -25,7 +25,7 @@ import numpy as np
 import seqio
 import tensorflow as tf
 
-from guide_jax.data import embedded, packing, pipeline
+from guide_jax.data import embedded, packing
 
 TFDS_TASKS = {
     'c4_en': ('c4/en:3.1.0', {'train': 'train', 'validation': 'validation'}),
@@ -108,12 +108,14 @@ def _documents(task: seqio.Task, split: str, seed: int, shuffle: bool, epochs) -
   return make_docs
 
 
-def build(config: ml_collections.ConfigDict) -> pipeline.Data:
+def build(config: ml_collections.ConfigDict, embedded_vocab_path: Callable[[], str]) -> dict:
+  """pipeline.Data's fields for config.data's seqio task; `embedded_vocab_path()` gives the
+  embedded corpus's tokenizer (pipeline's, trained if need be) for guide_jax_embedded."""
   d = config.data
   vocab_path = d.tokenizer
   if d.seqio_task == EMBEDDED_TASK:
     corpus = embedded.EmbeddedCorpus(d.embedded_root, d.validation_percent)
-    vocab_path = pipeline.load_vocabulary(config, pipeline.corpus_of(config)).path
+    vocab_path = embedded_vocab_path()
     register_embedded_task(corpus, vocab_path)
   elif d.seqio_task in TFDS_TASKS:
     if not vocab_path:
@@ -143,6 +145,7 @@ def build(config: ml_collections.ConfigDict) -> pipeline.Data:
   if not eval_batches:
     raise ValueError(f'seqio task {d.seqio_task!r} split {d.seqio_eval_split!r} has fewer '
                      f'tokens than one batch; lower data.global_batch_size')
-  return pipeline.Data(train=train, eval_batches=eval_batches,
-                       vocab_path=getattr(vocab, 'sentencepiece_model_file', vocab_path),
-                       vocab_size=vocab.vocab_size)
+  rows = len(eval_batches) * d.global_batch_size  # the split's first rows: it streams
+  return dict(train=train, eval_batches=eval_batches,
+              vocab_path=getattr(vocab, 'sentencepiece_model_file', vocab_path),
+              vocab_size=vocab.vocab_size, eval_coverage={'rows': rows, 'tokens': rows * d.seq_len})

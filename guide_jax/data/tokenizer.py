@@ -198,9 +198,18 @@ def staged_directory(final: pathlib.Path):
 
 
 def _train_sentencepiece(lines, tmp: pathlib.Path, vocab_size: int) -> None:
+  failed = []  # SentencePiece reports an error of the iterator as its own RuntimeError
+
+  def reading():
+    try:
+      yield from lines
+    except Exception as e:  # noqa: BLE001 -- re-raised below, as it was
+      failed.append(e)
+      raise
+
   try:
     spm.SentencePieceTrainer.train(
-        sentence_iterator=lines, model_prefix=str(tmp / 'spm'), vocab_size=vocab_size,
+        sentence_iterator=reading(), model_prefix=str(tmp / 'spm'), vocab_size=vocab_size,
         model_type='unigram', byte_fallback=True, pad_id=PAD_ID, eos_id=EOS_ID,
         unk_id=UNK_ID, bos_id=-1, normalization_rule_name='identity',
         remove_extra_whitespaces=False, allow_whitespace_only_pieces=True,
@@ -208,6 +217,8 @@ def _train_sentencepiece(lines, tmp: pathlib.Path, vocab_size: int) -> None:
         shuffle_input_sentence=True, seed_sentencepiece_size=200_000,
         character_coverage=0.9995, num_threads=os.cpu_count() or 1, minloglevel=2)
   except RuntimeError as e:
+    if failed:  # the corpus, not the vocabulary size
+      raise failed[0] from None
     reason = str(e).strip().splitlines()[-1].split('] ')[-1]
     raise ValueError(f'model.vocab_size={vocab_size}: cannot train a SentencePiece tokenizer '
                      f'of this size on the train text ({reason}); change model.vocab_size or '

@@ -26,7 +26,7 @@ import numpy as np
 from etils import epath
 
 from guide_jax import config as config_lib
-from guide_jax import paths
+from guide_jax import paths, saved_model
 from guide_jax.data import tokenizer as tokenizer_lib
 from guide_jax.hf import checkpoint as hf_checkpoint
 from guide_jax.hf import families
@@ -36,40 +36,11 @@ from guide_jax.train import checkpointing
 ConfigError = config_lib.ConfigError
 
 
-def _open_run(workdir, step: int | None):
-  """(Checkpointer, step, meta, model config) of a run; CheckpointError when unusable."""
-  workdir = paths.workdir_path(workdir)
-  ckpt_dir = workdir / 'checkpoints'
-  if not ckpt_dir.is_dir():
-    raise checkpointing.CheckpointError(
-        f'--workdir={str(workdir)!r} has no checkpoints/; point it at a training run')
-  ckpt = checkpointing.Checkpointer(ckpt_dir, 1, False)
-  steps = ckpt.all_steps()
-  step = ckpt.latest_step() if step is None else step
-  if step is None or step not in steps:
-    ckpt.close()
-    raise checkpointing.CheckpointError(
-        f'--step={step} is not among the checkpoints of {str(workdir)!r} ({steps}); '
-        f'pick one of them')
-  meta = ckpt.restore_meta(step)
-  return ckpt, step, meta, config_lib.complete_model(meta['model'])
-
-
 def _one_device_abstract(model):
   device = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
   return device, jax.tree.map(
       lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=device),
       transformer.abstract_params(model))
-
-
-def restore_run(workdir, step: int | None = None):
-  """(model config, params on one device, checkpoint meta, step) of a run's checkpoint."""
-  ckpt, step, meta, model = _open_run(workdir, step)
-  try:
-    params = ckpt.restore_params(step, _one_device_abstract(model)[1])
-  finally:
-    ckpt.close()
-  return model, params, meta, step
 
 
 def _special_ids(meta: dict) -> dict:
@@ -141,8 +112,10 @@ def export_run(workdir, out_dir, step: int | None = None, dtype: str = '',
                       f'one (nothing is overwritten)')
   if dtype not in ('', 'float32', 'bfloat16'):
     raise ConfigError(f"--dtype={dtype!r} must be 'float32' or 'bfloat16'")
-  ckpt, step, meta, model = _open_run(workdir, step)
+  ckpt, step, meta = saved_model.open_run(paths.workdir_path(workdir), step,
+                                          hint='point it at a training run')
   ckpt.close()
+  model = config_lib.complete_model(meta['model'])
   family = families.export_family(model)  # refuse before writing anything
   device, abstract = _one_device_abstract(model)
   reader = checkpointing.LeafReader(paths.workdir_path(workdir) / 'checkpoints', step,

@@ -12,12 +12,12 @@ dependency of training (`pip install 'guide_jax[hf-parity]'`).
 
 from __future__ import annotations
 
-import jax
 import ml_collections
 import numpy as np
 from etils import epath
 
 from guide_jax import config as config_lib
+from guide_jax import saved_model
 from guide_jax.data import tokenizer as tokenizer_lib
 from guide_jax.hf import checkpoint as hf_checkpoint
 from guide_jax.models import transformer
@@ -33,19 +33,12 @@ def batch_for(model: ml_collections.ConfigDict, token_rows: int, batch: int, len
           'positions': np.broadcast_to(np.arange(length, dtype=np.int32), tokens.shape).copy()}
 
 
-def guide_jax_hf_logits(hf_dir, batch: dict) -> np.ndarray:
-  """float32 logits of the Hugging Face directory imported into guide_jax (one device)."""
-  model = hf_checkpoint.model_config(hf_dir)
-  model.param_dtype = model.dtype = 'float32'
-  params = load_on_one_device(hf_dir, model)
-  return np.asarray(transformer.apply(model, params, batch))
-
-
-def load_on_one_device(hf_dir, model: ml_collections.ConfigDict) -> dict:
-  device = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
-  abstract = transformer.abstract_params(model)
-  shardings = jax.tree.map(lambda _: device, abstract)
-  return hf_checkpoint.load_params(hf_dir, model, abstract, shardings, model.param_dtype)
+def guide_jax_logits(path, batch: dict) -> np.ndarray:
+  """float32 logits of a Hugging Face directory imported into guide_jax, or of a run's
+  latest checkpoint, on one device (saved_model.load)."""
+  saved = saved_model.load(path, dtype='float32')
+  saved.model.dtype = 'float32'
+  return np.asarray(transformer.apply(saved.model, saved.params, batch))
 
 
 def transformers_logits(hf_dir, batch: dict) -> np.ndarray:
@@ -77,19 +70,13 @@ def compare(hf_dir, workdir=None, *, batch: int = 2, length: int = 64, seed: int
   """{'family', 'length', 'max_abs_diff', 'mean_kl', 'ok'} for `hf_dir` (and optionally a
   run); `length` is the tokens per row compared (`length`, capped at the model's max_len)."""
   hf = hf_checkpoint.read_config(hf_dir)
-  if workdir:
-    from guide_jax.hf import export
-    model, params, _, _ = export.restore_run(workdir)
-    model.dtype = 'float32'
-  else:
-    model = hf_checkpoint.model_config(hf_dir)
+  model = saved_model.stored_model(workdir or hf_dir)
   rows = model.vocab_size  # only ids the tokenizer can produce (padded tables: fewer)
   tokenizer_json = epath.Path(hf_dir) / 'tokenizer.json'
   if tokenizer_json.exists():
     rows = min(rows, tokenizer_lib.load(str(tokenizer_json)).size)
   tokens = batch_for(model, rows, batch, length, seed)
-  ours = (np.asarray(transformer.apply(model, params, tokens)) if workdir
-          else guide_jax_hf_logits(hf_dir, tokens))
+  ours = guide_jax_logits(workdir or hf_dir, tokens)
   reference = transformers_logits(hf_dir, tokens)
   result = {'family': hf.get('model_type'), 'length': int(tokens['inputs'].shape[1]),
             **metrics(reference, ours)}

@@ -200,20 +200,14 @@ class LoadedModel:
 def load(path: str, dtype: str = 'float32') -> LoadedModel:
   """The latest checkpoint of a training run, or a Hugging Face directory, with its
   tokenizer, on a mesh of all devices (ConfigError naming what is missing)."""
-  from guide_jax import paths
+  from guide_jax import saved_model
   from guide_jax.data import tokenizer as tokenizer_lib
-  from guide_jax.hf import checkpoint as hf_checkpoint
-  from guide_jax.train import teacher as teacher_lib
   _require(dtype in ('float32', 'bfloat16'), f"--dtype={dtype!r} must be 'float32' or "
            f"'bfloat16'")
-  source = paths.workdir_path(path)
-  _require(hf_checkpoint.is_hf_dir(source) or (source / 'checkpoints').is_dir(),
-           f'--workdir={path}: neither a training run (no checkpoints/) nor a Hugging Face '
-           f'directory (no config.json)')
   mesh = sharding.make_mesh(config_lib.base_config().mesh)
   rules = sharding.DEFAULT_RULES
   with jax.set_mesh(mesh), sharding.use_rules(rules):
-    loaded = teacher_lib.load(source, mesh, rules, dtype)
+    loaded = saved_model.load(path, mesh, rules, dtype)
   _require(bool(loaded.vocab_path), f'--workdir={path} has no tokenizer (a run on synthetic '
            f'data, or an HF directory without tokenizer.json); prompts need one')
   vocab = tokenizer_lib.load(loaded.vocab_path)

@@ -14,26 +14,19 @@ from __future__ import annotations
 import dataclasses
 
 import jax
-import jax.numpy as jnp
 import ml_collections
 from etils import epath
 
 from guide_jax import config as config_lib
-from guide_jax import paths, sharding
+from guide_jax import paths, saved_model
 from guide_jax.data import tokenizer as tokenizer_lib
 from guide_jax.hf import checkpoint as hf_checkpoint
-from guide_jax.models import transformer
 from guide_jax.train import checkpointing, teacher_cache
 
 
-@dataclasses.dataclass
-class Teacher:
-  model: ml_collections.ConfigDict
-  params: dict
-  shardings: dict
-  vocab_path: str
-  workdir: epath.Path
-  vocab_rows: int = 0   # tokenizer size when the embedding table is padded beyond it
+# A teacher is a saved model on the run's mesh, in teacher.dtype (saved_model.load).
+Teacher = saved_model.SavedModel
+TEACHER_HINT = 'point it at a workdir written by pretraining, or set teacher.pretrain'
 
 
 def is_distillation(cfg: ml_collections.ConfigDict) -> bool:
@@ -55,13 +48,7 @@ def model_config(cfg: ml_collections.ConfigDict, experiment=None) -> ml_collecti
   if cfg.teacher.pretrain:
     return cfg.teacher.pretrain.model
   if cfg.teacher.checkpoint:
-    source = paths.workdir_path(cfg.teacher.checkpoint)
-    if hf_checkpoint.is_hf_dir(source):
-      return hf_checkpoint.model_config(source)
-    ckpt, step = _latest_checkpoint(source)
-    meta = ckpt.restore_meta(step)
-    ckpt.close()
-    return config_lib.complete_model(meta['model'])
+    return saved_model.stored_model(cfg.teacher.checkpoint, 'teacher.checkpoint', TEACHER_HINT)
   if cfg.teacher.logits_dir:  # the cache's manifest names the teacher it was made from
     manifest = teacher_cache.read_manifest(paths.workdir_path(cfg.teacher.logits_dir))
     return config_lib.complete_model(manifest['teacher']['model'])
@@ -99,92 +86,34 @@ def vocab_path(cfg: ml_collections.ConfigDict, workdir: epath.Path) -> str | Non
     teacher_dir = workdir / 'teacher'
     if not (teacher_dir / 'checkpoints').exists():
       return None
-  ckpt, step = _latest_checkpoint(teacher_dir)
-  path = ckpt.restore_meta(step).get('vocab_path', '')
+  ckpt, _, meta = saved_model.open_run(teacher_dir, None, 'teacher.checkpoint', TEACHER_HINT)
   ckpt.close()
-  return path
-
-
-def _latest_checkpoint(teacher_dir: epath.Path):
-  """(Checkpointer, latest step) of a teacher's workdir; CheckpointError when it has none."""
-  ckpt_dir = teacher_dir / 'checkpoints'
-  if not ckpt_dir.is_dir():
-    raise checkpointing.CheckpointError(
-        f'teacher.checkpoint={str(teacher_dir)!r} has no checkpoints/ directory; point it '
-        f'at a workdir written by pretraining, or set teacher.pretrain')
-  ckpt = checkpointing.Checkpointer(ckpt_dir, 1, False)
-  step = ckpt.latest_step()
-  if step is None:
-    raise checkpointing.CheckpointError(
-        f'teacher.checkpoint={str(teacher_dir)!r} holds no finished checkpoint')
-  return ckpt, step
-
-
-def runtime_model(stored: ml_collections.ConfigDict, dtype: str,
-                  attention_kernel: str = '') -> ml_collections.ConfigDict:
-  """The teacher as it runs: stored and computed in `teacher.dtype` when that is bfloat16,
-  else stored in float32 and computed in its own model.dtype; its attention kernel is
-  `teacher.attention_kernel` when set (a checkpoint saved with 'cudnn' on a GPU can run
-  splash on a TPU), else its own. The one place these rules are written: trainer (through
-  load), bench and aot all use it."""
-  model = ml_collections.ConfigDict(stored.to_dict())
-  model.param_dtype = dtype
-  model.dtype = dtype if dtype == 'bfloat16' else model.dtype
-  model.attention_kernel = attention_kernel or model.attention_kernel
-  return model
+  return meta.get('vocab_path', '')
 
 
 def running_model(cfg: ml_collections.ConfigDict, stored: ml_collections.ConfigDict,
                   platform: str) -> ml_collections.ConfigDict:
-  """The teacher as the run `cfg` runs it (runtime_model with cfg.teacher's dtype and
+  """The teacher as the run `cfg` runs it (saved_model.runtime_model with cfg.teacher's dtype and
   kernel), with its attention kernel checked for `platform` (ConfigError otherwise)."""
-  model = runtime_model(stored, cfg.teacher.dtype, cfg.teacher.attention_kernel)
+  model = saved_model.runtime_model(stored, cfg.teacher.dtype, cfg.teacher.attention_kernel)
   config_lib.validate_kernel(model, cfg.data.seq_len, platform, 'teacher model')
   return model
 
 
 def load(teacher_dir: epath.Path, mesh, rules, dtype: str, attention_kernel: str = '') -> Teacher:
-  """The teacher's params on `mesh`, from a guide_jax workdir or a Hugging Face directory
-  (CheckpointError when a workdir has no checkpoint, HFError for a refused HF model), and
-  its model as it runs (runtime_model)."""
-  if hf_checkpoint.is_hf_dir(teacher_dir):
-    return load_hf(teacher_dir, mesh, rules, dtype, attention_kernel)
-  ckpt, step = _latest_checkpoint(teacher_dir)
-  meta = ckpt.restore_meta(step)
-  stored = config_lib.complete_model(meta['model'])
-  model = runtime_model(stored, dtype, attention_kernel)
-  abstract, shardings = transformer.abstract_params_and_shardings(stored, mesh, rules)
-  params = ckpt.restore_params(step, sharding.abstract(abstract, shardings))
-  ckpt.close()
-  if dtype != stored.param_dtype:
-    params = jax.jit(lambda p: jax.tree.map(lambda x: x.astype(jnp.dtype(dtype)), p),
-                     out_shardings=shardings)(params)
-  return Teacher(model=model, params=params, shardings=shardings,
-                 vocab_path=meta.get('vocab_path', ''), workdir=teacher_dir)
-
-
-def load_hf(hf_dir: epath.Path, mesh, rules, dtype: str, attention_kernel: str = '') -> Teacher:
-  """A Hugging Face teacher: config.json -> model config, safetensors -> sharded params."""
-  model = runtime_model(hf_checkpoint.model_config(hf_dir), dtype, attention_kernel)
-  abstract, shardings = transformer.abstract_params_and_shardings(model, mesh, rules)
-  params = hf_checkpoint.load_params(hf_dir, model, abstract, shardings, dtype)
-  vocab_path, vocab_rows = '', 0
-  if (hf_dir / 'tokenizer.json').exists():
-    vocab_path = str(hf_dir / 'tokenizer.json')
-    vocab_rows = tokenizer_lib.load(vocab_path).size
-    if vocab_rows > model.vocab_size:
-      raise config_lib.ConfigError(
-          f'{vocab_path} has {vocab_rows} tokens, more than the teacher\'s vocab_size '
-          f'{model.vocab_size} in config.json; the checkpoint and tokenizer do not match')
-  return Teacher(model=model, params=params, shardings=shardings, vocab_path=vocab_path,
-                 workdir=hf_dir, vocab_rows=vocab_rows if vocab_rows < model.vocab_size else 0)
+  """The teacher's params on `mesh` in `dtype`, from a guide_jax workdir or a Hugging Face
+  directory (CheckpointError naming teacher.checkpoint when a workdir has no checkpoint,
+  HFError for a refused HF model), and its model as it runs (saved_model.runtime_model)."""
+  return saved_model.load(teacher_dir, mesh, rules, dtype, attention_kernel,
+                          field='teacher.checkpoint', hint=TEACHER_HINT)
 
 
 def from_cache(cfg: ml_collections.ConfigDict, stored: ml_collections.ConfigDict) -> Teacher:
   """The teacher of a run that reads a logits cache and never loads it: its model as it
   ran when the cache was built, and the vocabulary the cache names; no parameters."""
   manifest = teacher_cache.read_manifest(paths.workdir_path(cfg.teacher.logits_dir))
-  return Teacher(model=runtime_model(stored, cfg.teacher.dtype, cfg.teacher.attention_kernel),
+  return Teacher(model=saved_model.runtime_model(stored, cfg.teacher.dtype,
+                                                 cfg.teacher.attention_kernel),
                  params={}, shardings={}, vocab_path=manifest['tokenizer']['path'],
                  workdir=epath.Path(manifest['teacher']['checkpoint']))
 

@@ -232,12 +232,18 @@ def check_matches(m: dict, cfg, directory: epath.Path, teacher_model=None,
     refuse('data.tokenizer', cfg.data.tokenizer, m['tokenizer']['path'], rebuild)
 
 
+def _same_eval(e: dict | None, cfg) -> bool:
+  """Whether the cache's eval batches are the run's: same split, count and row choice (a
+  cache from before evaluation spread its rows over the split holds other batches)."""
+  return bool(e) and (e['eval_split'], e['eval_batches'], e.get('eval_rows')) == (
+      cfg.data.eval_split, cfg.data.eval_batches, pipeline.EVAL_ROWS)
+
+
 def teacher_eval(m: dict, cfg) -> dict[str, float]:
   """teacher/eval_loss as measured when the cache was built, if the run evaluates on the
   same batches; else nothing (the run does not have the teacher to measure it)."""
   e = m.get('teacher_eval')
-  if not e or (e['eval_split'], e['eval_batches']) != (cfg.data.eval_split,
-                                                       cfg.data.eval_batches):
+  if not _same_eval(e, cfg):
     return {}
   return {'teacher/eval_loss': e['eval_loss']}
 
@@ -289,8 +295,7 @@ class TeacherCache:
     """The run's eval batches with their cached fields, when the cache holds them for the
     run's eval settings (else as they are: evaluation then reports CE only)."""
     e = self.manifest.get('teacher_eval')
-    if not e or (e['eval_split'], e['eval_batches'], e.get('batches_cached')) != (
-        cfg.data.eval_split, cfg.data.eval_batches, len(eval_batches)):
+    if not _same_eval(e, cfg) or e.get('batches_cached') != len(eval_batches):
       return eval_batches
     out = []
     for i, batch in enumerate(eval_batches):
@@ -528,57 +533,3 @@ def _with_steps(cfg, steps: int):
   c = ml_collections.ConfigDict(cfg.to_dict())
   c.train.steps = steps
   return c
-
-
-def build(config: ml_collections.ConfigDict, out: str, top_k: int = 64, steps: int = 0,
-          dtype: str = 'float32', progress: bool = False, log=print,
-          stop_after_blocks: int | None = None) -> BuildResult:
-  """The whole build behind `python -m guide_jax.teacher_logits`: validate the run's config,
-  load its teacher and data on the mesh, write (or resume) the cache for steps
-  0..steps-1 (default train.steps), and record the teacher's eval loss on the run's eval
-  batches in the manifest (the student's run logs it without running the teacher)."""
-  from guide_jax.train import teacher as teacher_lib  # it reads manifests from here
-  cfg = ml_collections.ConfigDict(config.to_dict())
-  steps = steps or cfg.train.steps
-  if steps < 1:
-    raise CacheError(f'--steps={steps} must be positive')
-  sharding.maybe_initialize_distributed(cfg.distributed)
-  config_lib.validate(cfg, jax.device_count(), jax.process_count(), jax.default_backend(),
-                      sharding.num_slices(jax.devices()))
-  if not (cfg.teacher.checkpoint or cfg.teacher.pretrain):
-    raise CacheError('the config names no teacher (teacher.checkpoint); the cache holds a '
-                     'teacher\'s logits')
-  if not cfg.teacher.checkpoint:
-    raise CacheError('teacher.checkpoint is empty: the cache needs a trained teacher; train '
-                     'it first (the student\'s run trains WORKDIR/teacher) and pass '
-                     '--config.teacher.checkpoint=WORKDIR/teacher')
-  if cfg.data.backend == 'seqio':
-    raise CacheError("data.backend='seqio' has no random access to a step's rows; the "
-                     "teacher-logits cache needs the grain pipeline (embedded, files, "
-                     "synthetic)")
-  out_dir = paths.workdir_path(out)
-  mesh, rules = sharding.make_mesh(cfg.mesh), tuple(cfg.logical_rules)
-  with jax.set_mesh(mesh), sharding.use_rules(rules):
-    teacher_lib.running_model(
-        cfg, teacher_lib.model_config(cfg), jax.default_backend())  # kernel check
-    teacher = teacher_lib.load(paths.workdir_path(cfg.teacher.checkpoint), mesh, rules,
-                               cfg.teacher.dtype, cfg.teacher.attention_kernel)
-    teacher_lib.check_vocabulary(cfg, teacher)
-    teacher_lib.check_sequence(cfg, teacher)
-    try:
-      data = pipeline.build(cfg, progress=progress and jax.process_index() == 0)
-    except (ValueError, FileNotFoundError) as e:
-      raise config_lib.ConfigError(str(e)) from None
-    result = write(cfg, out_dir, teacher, data, mesh, rules, top_k, steps, dtype,
-                   progress and jax.process_index() == 0, log, stop_after_blocks)
-    if result.interrupted or 'teacher_eval' in result.manifest:
-      return result
-    eval_loss = write_eval(cfg, out_dir, teacher, data, mesh, rules,
-                           result.manifest['top_k'])
-    result.manifest['teacher_eval'] = {'eval_split': cfg.data.eval_split,
-                                       'eval_batches': cfg.data.eval_batches,
-                                       'batches_cached': len(data.eval_batches),
-                                       'eval_loss': eval_loss}
-    if jax.process_index() == 0:
-      write_atomic(out_dir / MANIFEST, json.dumps(result.manifest, indent=2).encode())
-  return result

@@ -18,6 +18,7 @@ import math
 import os
 import signal
 import threading
+import time
 from typing import Any
 
 import jax
@@ -74,6 +75,18 @@ def _reduce(sums: dict[str, float], prefix: str) -> dict[str, float]:
     if name in sums:
       out[f'{prefix}/{"z_loss" if name == "z" else name}'] = sums[name] / w
   return out
+
+
+def eval_coverage_line(coverage: dict[str, int], data_cfg) -> str:
+  """What one evaluation reads, for the log: rows, tokens and documents of the split."""
+  split = data_cfg.eval_split if data_cfg.backend != 'seqio' else data_cfg.seqio_eval_split
+  line = f'evaluation: {coverage["rows"]:,} rows, {coverage["tokens"]:,} tokens'
+  if 'split_documents' in coverage:
+    line += (f' spread over {coverage["documents"]:,} of the {coverage["split_documents"]:,} '
+             f'documents ({coverage["split_tokens"]:,} tokens) of the {split} split')
+  elif data_cfg.backend == 'seqio':
+    line += f': the first rows of the {split} split'
+  return line
 
 
 def evaluate(eval_fn, params, eval_batches, mesh, rules, extra=()) -> dict[str, float]:
@@ -199,19 +212,23 @@ def train(config: ml_collections.ConfigDict, workdir: str | os.PathLike, *,
                                       rules))
       teacher = teacher_lib.without_params(teacher)
 
-    # 6. Restore the latest checkpoint, or start fresh (from GUIDE when asked).
-    ckpt = checkpointing.Checkpointer(workdir / 'checkpoints', cfg.train.keep_checkpoints,
-                                      cfg.train.async_checkpoints)
+    # 6. Restore the newest checkpoint (the local tier's when it is newer and reads back),
+    #    or start fresh (from GUIDE when asked).
+    ckpt = checkpointing.RunCheckpoints(workdir, cfg.train)
     meta = {'config': json.loads(cfg.to_json()), 'model': json.loads(model_cfg.to_json()),
             'vocab_path': data.vocab_path, 'vocab_size': data.vocab_size,
-            'teacher': str(teacher.workdir) if teacher else ''}
-    latest = ckpt.latest_step()
-    if latest is not None:
-      _check_same_model(ckpt.restore_meta(latest), meta, ckpt.directory / str(latest))
+            'teacher': str(teacher.workdir) if teacher else '', 'workdir': str(workdir)}
+    found = ckpt.latest(meta)
+    if found is not None:
+      tier, latest = found
+      _check_same_model(tier.restore_meta(latest), meta, tier.directory / str(latest))
       abstract_state = sharding.abstract(jax.eval_shape(_init_state, jax.random.key(0)),
                                          shardings)
-      state, data_state = ckpt.restore(latest, abstract_state)
+      started = time.perf_counter()
+      tier, latest, state, data_state = ckpt.restore(found, abstract_state)
+      jax.block_until_ready(state)
       data.train.set_state(data_state)
+      restored_from = f'{tier.directory}/{latest} in {time.perf_counter() - started:.2f} s'
     else:
       state = init_state(jax.random.key(cfg.train.seed))
       if theta_hat:
@@ -253,7 +270,9 @@ def train(config: ml_collections.ConfigDict, workdir: str | os.PathLike, *,
     if start_step == 0:
       writer.print(param_table(state['params']))
     writer.print(f'mesh {dict(mesh.shape)}; peak {peak / 1e9:.1f} GFLOP/s per device '
-                 f'({peak_source}); starting at step {start_step}')
+                 f'({peak_source}); starting at step {start_step}' +
+                 (f' (restored {restored_from})' if found is not None else ''))
+    writer.print(eval_coverage_line(data.eval_coverage, cfg.data))
     if jax.process_index() == 0:
       (workdir / 'config.json').write_text(cfg.to_json(indent=2))
     if distill:
@@ -301,7 +320,7 @@ def train(config: ml_collections.ConfigDict, workdir: str | os.PathLike, *,
 
         logs = step % cfg.train.log_every == 0 or step == cfg.train.steps
         # Before a log and before a checkpoint: has any step since the last look diverged?
-        why = diverged() if logs or step % cfg.train.checkpoint_every == 0 else None
+        why = diverged() if logs or ckpt.due(step) else None
         if logs or why:  # a run that ends here logs its last step, for the record
           host = jax.device_get(pending)  # one device->host sync per log interval
           last = host[-1]
@@ -322,7 +341,7 @@ def train(config: ml_collections.ConfigDict, workdir: str | os.PathLike, *,
           writer.write(step, {metrics_lib.TOKENS: step * tokens_per_step, **last_eval})
           perf.restart()  # eval time is not train step time
 
-        if step % cfg.train.checkpoint_every == 0:
+        if ckpt.due(step):
           ckpt.save(step, state, data.train.get_state(), meta)
         if stop.event.is_set() or step == interrupt_at_step:
           interrupted = True
@@ -336,12 +355,13 @@ def train(config: ml_collections.ConfigDict, workdir: str | os.PathLike, *,
       last_eval = evaluate(eval_step, state['params'], data.eval_batches, mesh, rules, extra)
 
     # 9. Final checkpoint: at the end, and when preempted between intervals.
-    ckpt.save(step, state, data.train.get_state(), meta)
+    ckpt.save(step, state, data.train.get_state(), meta, final=True)
     ckpt.close()
     writer.print(f'{"preempted" if interrupted else "finished"} at step {step}; checkpoint '
                  f'in {ckpt.directory}')
     writer.close()
     return {'step': step, 'interrupted': interrupted, **guide_log, **last_eval,
+            **{f'eval_coverage_{k}': v for k, v in data.eval_coverage.items()},
             'params': state['params'],
             'teacher_params': teacher.params if teacher and not cached else None}
 
