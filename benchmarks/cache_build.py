@@ -1,6 +1,6 @@
 """Cache build speed for one large JSON-lines file against the same lines as 16 files.
 
-  python benchmarks/cache_build.py [--copies=4] [--out=benchmarks/cache_build.json]
+  python benchmarks/cache_build.py [--copies=4] [--encode_threads=0] [--out=FILE.json]
 
 Corpus: this interpreter's standard library (the embedded corpus, ~12.6 MB of .py files)
 `copies` times over as JSON lines, written once as one file and once as 16 files holding
@@ -15,6 +15,11 @@ keys, which name the file) agree between worker counts and between a file read w
 read in ranges or batches. The gzipped layouts (`.jsonl.gz`, the same lines) are read by
 one decompressing reader that hands batches of lines to the pool (`one_gz`), or whole by
 one worker (`one_gz_unsplit`, as before).
+
+`--encode_threads=1` makes the in-process arms encode on one thread, as pool workers do:
+then only the pool uses more than one core, as on a machine with more cores than the
+tokenizer's threads use well (a 2-core machine otherwise hides the difference, because
+the tokenizer's own threads already fill both cores).
 """
 
 from __future__ import annotations
@@ -30,6 +35,8 @@ from absl import app, flags
 
 _COPIES = flags.DEFINE_integer('copies', 4, 'Times the standard library is repeated.')
 _OUT = flags.DEFINE_string('out', '', 'Also write the JSON here.')
+_ENCODE_THREADS = flags.DEFINE_integer('encode_threads', 0, 'Threads of the in-process '
+                                       'encode (0: the tokenizer\'s default, every core).')
 
 
 def write_layouts(work: pathlib.Path, copies: int, parts: int = 16) -> int:
@@ -57,7 +64,10 @@ def main(argv):
   import numpy as np
   from guide_jax import config as config_lib
   from guide_jax.data import cache, pipeline, sources
+  from guide_jax.data import tokenizer as tokenizer_lib
   from guide_jax.train import flops
+  if _ENCODE_THREADS.value:
+    tokenizer_lib.ENCODE_THREADS = _ENCODE_THREADS.value
   cpu = next((line.split(':', 1)[1].strip() for line in open('/proc/cpuinfo')
               if line.startswith('model name')), 'unknown CPU')
   peak = flops.measured_matmul_peak('float32') / 1e9
@@ -98,6 +108,7 @@ def main(argv):
       np.array_equal(built[f'{name}_unsplit', 1].buckets, built[name, w].buckets)
       for name in ('one_file', 'one_gz') for w in (1, os.cpu_count()))
   summary = {'cpu': cpu, 'cores': os.cpu_count(), 'matmul_peak_gflops': round(peak),
+             'encode_threads': tokenizer_lib.ENCODE_THREADS,
              'corpus_mb': round(nbytes / 1e6, 2), 'tokens': int(first.manifest['tokens']),
              'range_bytes': split_bytes, 'shard_bytes': cache.SHARD_BYTES,
              'results': results, 'identical': same}

@@ -187,7 +187,9 @@ def eval_coverage(study: dict) -> dict[str, int] | None:
   seen = {json.dumps({k[len('eval_coverage_'):]: v for k, v in r['final'].items()
                       if k.startswith('eval_coverage_')}, sort_keys=True)
           for seeds in study['arms'].values() for r in seeds.values()}
-  return json.loads(seen.pop()) or None if len(seen) == 1 else None
+  if len(seen) != 1:
+    return None
+  return json.loads(seen.pop()) or None
 
 
 def _mean_curve(seeds: dict) -> dict[int, float]:

@@ -380,6 +380,21 @@ def test_a_large_compressed_jsonl_file_is_read_by_one_reader_in_batches_for_the_
       np.testing.assert_array_equal(getattr(built, name), getattr(whole, name))
 
 
+def test_each_file_is_stat_ed_once_per_build(tmp_path, hf_tokenizer, monkeypatch):
+  """On gs:// every stat is a network call: the cache key, the shard plan and the progress
+  bar read the sizes taken once when the sources are made."""
+  import collections
+  for i in range(3):
+    write_jsonl(tmp_path / f'part{i}.jsonl', TEXTS[i * 60:(i + 1) * 60])
+  calls, real = collections.Counter(), sources.stat
+  monkeypatch.setattr(sources, 'stat', lambda path: calls.update([path]) or real(path))
+  c = corpus_config(tmp_path, train_files=str(tmp_path / 'part*.jsonl'),
+                    tokenizer=hf_tokenizer, validation_percent=20)
+  pipeline.build(c)
+  assert sorted(calls) == [str(tmp_path / f'part{i}.jsonl') for i in range(3)]
+  assert set(calls.values()) == {1}
+
+
 def test_corpus_smaller_than_a_row(tmp_path, hf_tokenizer):
   (tmp_path / 'x.jsonl').write_text('{"text": "w1 w2"}\n')
   c = corpus_config(tmp_path, train_files=str(tmp_path / 'x.jsonl'), tokenizer=hf_tokenizer)

@@ -108,7 +108,12 @@ def _fake_run(root, name, losses, teacher=2.0, split='test'):
     for i, loss in enumerate(losses, 1):
       f.write(json.dumps({'step': i, 'tokens': 100 * i, 'eval/loss': loss}) + '\n')
   (workdir / 'final.json').write_text(json.dumps(
-      {'eval/loss': losses[-1], 'tokens': 100 * len(losses), 'eval_split': split}))
+      {'eval/loss': losses[-1], 'tokens': 100 * len(losses), 'eval_split': split,
+       **{f'eval_coverage_{k}': v for k, v in COVERAGE.items()}}))
+
+
+COVERAGE = {'rows': 32, 'tokens': 2048, 'documents': 20, 'split_documents': 25,
+            'split_tokens': 9000}
 
 
 def test_report_gap_closure_is_paired_by_seed(tmp_path):
@@ -142,6 +147,9 @@ def test_report_gap_closure_is_paired_by_seed(tmp_path):
   text = (tmp_path / 'report.md').read_text()
   assert 'GUIDE alone beats KD alone' in text and 'kd/seed2' in text  # unfinished is named
   assert 'kd 40 s.' in text
+  assert summary['eval_coverage'] == COVERAGE
+  assert ("An evaluation reads 2,048 tokens spread over 20 of the split's 25 documents "
+          "(9,000 tokens).") in text
   assert 'teacher-logits cache seed0-k64-abc: 2 steps built in 12 s (1,000 tokens/s' in text
   assert (tmp_path / 'loss_curves.png').stat().st_size > 1000
   assert (tmp_path / 'gap_closure.png').stat().st_size > 1000
@@ -302,6 +310,8 @@ def test_miniature_study_runs_resumes_and_reports(tmp_path):
     assert set(arm) >= {'eval_loss_mean', 'eval_loss_std', 'gap_closure_mean',
                         'gap_closure_std', 'seeds', 'tokens'}
   assert 'Eval split: test' in (tmp_path / 'report.md').read_text()
+  coverage = summary['eval_coverage']  # every run evaluates on the same rows
+  assert 0 < coverage['documents'] <= coverage['split_documents'] and coverage['rows'] > 0
   assert summary['teacher_bits_per_byte'] > 0
   assert all(arm['bits_per_byte_mean'] > 0 for arm in summary['arms'].values())
 

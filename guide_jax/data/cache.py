@@ -42,6 +42,7 @@ from guide_jax.data import tokenizer as tokenizer_lib
 LAYOUT = 'v1'
 SHARD_BYTES = 4 << 20  # input bytes of small files grouped into one shard
 RANGE_BYTES = 4 << 20  # a JSON-lines file larger than this is split into ranges of it
+TEXT_PER_COMPRESSED_BYTE = 4  # what a .gz/.zst byte weighs in text when planning shards
 
 
 @dataclasses.dataclass(frozen=True)
@@ -113,22 +114,24 @@ class Shard:
 
 def plan(source: sources_lib.Source) -> list[Shard]:
   """The shards of `source`, in document order: small files grouped into shards of about
-  SHARD_BYTES; a large uncompressed JSON-lines file split into byte ranges of about
-  RANGE_BYTES (their first line indices still 0: number_lines sets them); a large
-  compressed one a `stream` shard, cut into parts of RANGE_BYTES of lines as it is read.
-  Either way one big file is tokenized by every worker."""
-  shards, current, size = [], [], 0
+  SHARD_BYTES of text (a compressed byte counted as TEXT_PER_COMPRESSED_BYTE); a large
+  uncompressed JSON-lines file split into byte ranges of about RANGE_BYTES (their first
+  line indices still 0: number_lines sets them); a large compressed one a `stream` shard,
+  cut into parts of RANGE_BYTES of lines as it is read. Either way one big file is
+  tokenized by every worker."""
+  shards, current, size, text = [], [], 0, 0  # text: the estimated text bytes of `current`
 
   def close():
-    nonlocal current, size
+    nonlocal current, size, text
     if current:
       shards.append(Shard(tuple(current), size))
-    current, size = [], 0
+    current, size, text = [], 0, 0
 
   for path, key, (file_size, _) in zip(source.files, source.keys, source.stats):
+    compressed = bool(sources_lib.format_of(path, source.file_format)[1])
+    text_size = file_size * (TEXT_PER_COMPRESSED_BYTE if compressed else 1)
     ranges = sources_lib.line_ranges(path, file_size, RANGE_BYTES, source.file_format)
-    stream = (not ranges and file_size > RANGE_BYTES and
-              sources_lib.format_of(path, source.file_format)[1] and
+    stream = (compressed and text_size > RANGE_BYTES and
               sources_lib.is_json_lines(path, source.file_format))
     if ranges or stream:
       close()
@@ -136,8 +139,8 @@ def plan(source: sources_lib.Source) -> list[Shard]:
                     else [Shard((Piece(path, key),), file_size, stream=True)])
       continue
     current.append(Piece(path, key))
-    size += file_size
-    if size >= SHARD_BYTES:
+    size, text = size + file_size, text + text_size
+    if text >= SHARD_BYTES:
       close()
   close()
   return shards
