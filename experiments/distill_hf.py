@@ -5,9 +5,11 @@
   python -m guide_jax.export --workdir=/tmp/distill_hf --out=/tmp/distill_hf_student
 
 TEACHER_DIR is a local (or gs://) directory with config.json, *.safetensors and
-tokenizer.json (GPT-2, Llama 2/3, Mistral, Qwen2/2.5, Qwen3 or Gemma). The student keeps
-every architecture choice of the teacher (family, positions, norms, MLP, biases, q/k
-norms, RoPE and its scaling, GQA ratio, head width) and takes a fraction of its size:
+tokenizer.json (GPT-2, Llama 2/3, Mistral, Qwen2/2.5, Qwen3, Gemma, Gemma 2 or Gemma 3's
+text model). The student keeps every architecture choice of the teacher (family,
+positions, norms and sandwich norms, MLP, biases, q/k norms, RoPE and its scaling, GQA
+ratio, head width, soft-caps, its sliding window and its pattern of local and global
+layers: Gemma 2's alternation, Gemma 3's 5 local : 1 global) and takes a fraction of its size:
 half the width, heads, kv heads, MLP and depth by default. It is initialised by GUIDE
 (embeddings and every block from the teacher) and trained with CE + KD on the embedded
 corpus, tokenized with the teacher's tokenizer. Every field can be overridden as usual
@@ -17,6 +19,7 @@ teacher: a tiny test teacher takes under a minute on 2 CPU cores.
 
 from guide_jax import config as config_lib
 from guide_jax import losses
+from guide_jax.guide import projection
 from guide_jax.hf import checkpoint as hf_checkpoint
 
 WIDTH_FRACTION = 0.5   # student d_model, heads, kv heads and MLP width / the teacher's
@@ -39,9 +42,24 @@ def student_model(teacher):
     m.head_dim = m.d_model // m.n_heads
   m.mlp_dim = _scaled(teacher.mlp_dim, WIDTH_FRACTION, 8)
   m.n_layers = _scaled(teacher.n_layers, DEPTH_FRACTION)
+  m.layer_types = student_layer_types(teacher.layer_types, m.n_layers)
   m.max_len = min(teacher.max_len, 2048)
   m.param_dtype = m.dtype = 'float32'
   return m
+
+
+def student_layer_types(teacher_types: str, n_layers: int) -> str:
+  """The teacher's pattern of local and global layers over the student's depth: a periodic
+  pattern (Gemma 2: local, global; Gemma 3: 5 local, 1 global) repeated, else (Qwen2's
+  first full layers) the kinds of the teacher layers GUIDE maps the student's from."""
+  if not teacher_types:
+    return ''
+  kinds = teacher_types.split(',')
+  period = next(p for p in range(1, len(kinds) + 1)
+                if all(k == kinds[i % p] for i, k in enumerate(kinds)))
+  if period < len(kinds):
+    return ','.join(kinds[i % period] for i in range(n_layers))
+  return ','.join(kinds[i] for i in projection.uniform_selection(len(kinds), n_layers))
 
 
 def get_config(teacher_dir: str = ''):

@@ -20,7 +20,8 @@ ConfigError = errors.ConfigError  # raised here, and by every module that reads 
 
 
 # Hugging Face families a model can follow (guide_jax.hf.families maps each); '' = native.
-FAMILIES = ('', 'gpt2', 'llama', 'mistral', 'qwen2', 'qwen3', 'gemma')
+FAMILIES = ('', 'gpt2', 'llama', 'mistral', 'qwen2', 'qwen3', 'gemma', 'gemma2',
+            'gemma3_text')
 
 
 # Model fields that change how a step is computed, not the parameters or their values: a
@@ -58,17 +59,29 @@ def model_config() -> ml_collections.ConfigDict:
   m.qkv_bias = False         # biases on q/k/v only (Qwen2); implied by use_bias
   m.qk_norm = False          # RMSNorm over each head's q and k before RoPE (Qwen3)
   m.norm_scale_offset = 0.0  # norm gain = offset + scale: 0 (usual) or 1 (Gemma's 1 + w)
-  m.rope_scaling = 'none'    # 'none' or 'llama3' (Llama 3.1+ frequency rescaling, below)
-  m.rope_scaling_factor = 8.0      # llama3: slow-down of the long wavelengths
+  m.rope_scaling = 'none'    # 'none', 'llama3' (Llama 3.1+ frequency rescaling, below) or
+                             # 'linear' (every frequency / factor: Gemma 3's global layers)
+  m.rope_scaling_factor = 8.0      # llama3, linear: slow-down of the (long) wavelengths
   m.rope_low_freq_factor = 1.0     # llama3: wavelengths > original/low are scaled fully
   m.rope_high_freq_factor = 4.0    # llama3: wavelengths < original/high are kept
   m.rope_original_max_len = 8192   # llama3: the context the frequencies were trained for
   m.sliding_window = 0       # attention window w (Mistral): query i sees keys i-w+1..i;
-                             # 0 = none. Computed by every kernel; the KV-cache sampler
-                             # still refuses sequences longer than the window
+                             # 0 = none. Every layer's, or the local layers' (layer_types).
+                             # Computed by every kernel and by the KV-cache sampler
+  m.layer_types = ''         # per layer 'local' or 'global', comma-separated (n_layers of
+                             # them): local layers attend within sliding_window with RoPE
+                             # base local_rope_base and no rope_scaling; global layers attend
+                             # everything with rope_base and rope_scaling. '' = all alike
+  m.local_rope_base = 0.0    # RoPE base of the local layers (Gemma 3: 10k); 0 = rope_base
   m.attn_logit_softcap = 0.0 # c > 0: attention logits -> c * tanh(logits / c) (Gemma 2)
+  m.query_pre_attn_scalar = 0.0  # s > 0: attention logits scaled by 1/sqrt(s), not
+                             # 1/sqrt(head_dim) (Gemma 2/3)
+  m.final_logit_softcap = 0.0  # c > 0: output logits -> c * tanh(logits / c) (Gemma 2)
+  m.post_norms = False       # norms after the attention and the MLP too (Gemma 2/3's
+                             # sandwich: x += Np(Attn(N(x)))); gains blocks.post_*_norm
   m.family = ''              # Hugging Face family ('gpt2', 'llama', 'mistral', 'qwen2',
-                             # 'qwen3', 'gemma') the model follows; '' = native (export infers)
+                             # 'qwen3', 'gemma', 'gemma2', 'gemma3_text') the model follows;
+                             # '' = native (export infers)
   m.init_std = 0.02          # std of the normal init (output projections scaled by depth)
   m.param_dtype = 'float32'  # storage dtype of parameters (and optimizer state)
   m.dtype = 'float32'        # compute dtype of matmuls ('bfloat16': f32 accumulation)
@@ -209,8 +222,10 @@ def validate_model(m: ml_collections.ConfigDict, prefix: str = 'model') -> None:
            f"{prefix}.mlp={m.mlp!r} must be 'gelu', 'swiglu' or 'geglu'")
   _require(m.norm_scale_offset in (0.0, 1.0),
            f'{prefix}.norm_scale_offset={m.norm_scale_offset} must be 0 or 1')
-  _require(m.rope_scaling in ('none', 'llama3'),
-           f"{prefix}.rope_scaling={m.rope_scaling!r} must be 'none' or 'llama3'")
+  _require(m.rope_scaling in ('none', 'llama3', 'linear'),
+           f"{prefix}.rope_scaling={m.rope_scaling!r} must be 'none', 'llama3' or 'linear'")
+  _require(m.rope_scaling != 'linear' or m.rope_scaling_factor > 0,
+           f'{prefix}.rope_scaling_factor={m.rope_scaling_factor} must be positive')
   _require(m.rope_scaling == 'none' or m.position == 'rope',
            f"{prefix}.rope_scaling={m.rope_scaling!r} needs {prefix}.position='rope'")
   if m.rope_scaling == 'llama3':
@@ -219,6 +234,16 @@ def validate_model(m: ml_collections.ConfigDict, prefix: str = 'model') -> None:
              f'{prefix}.rope_scaling_factor/rope_original_max_len must be positive and '
              f'0 < rope_low_freq_factor < rope_high_freq_factor')
   _require(m.sliding_window >= 0, f'{prefix}.sliding_window={m.sliding_window} must be >= 0')
+  if m.layer_types:
+    kinds = [k.strip() for k in m.layer_types.split(',')]
+    _require(len(kinds) == m.n_layers and set(kinds) <= {'local', 'global'},
+             f'{prefix}.layer_types={m.layer_types!r} must name each of the {m.n_layers} '
+             f"layers 'local' or 'global', comma-separated")
+    _require('local' not in kinds or m.sliding_window > 0,
+             f'{prefix}.layer_types has local layers but {prefix}.sliding_window=0; set the '
+             f'local layers\' window')
+  for name in ('local_rope_base', 'query_pre_attn_scalar', 'final_logit_softcap'):
+    _require(m[name] >= 0, f'{prefix}.{name}={m[name]} must be >= 0 (0 = off)')
   _require(m.attn_logit_softcap >= 0,
            f'{prefix}.attn_logit_softcap={m.attn_logit_softcap} must be >= 0 (0 = off)')
   _require(m.attention_kernel in attention.KERNELS,

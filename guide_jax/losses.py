@@ -13,6 +13,7 @@ import ml_collections
 import optax
 
 from guide_jax import sharding
+from guide_jax.models import attention
 
 
 def cross_entropy_sums(logits: jax.Array, targets: jax.Array, weights: jax.Array
@@ -165,19 +166,23 @@ def resolve_chunk_len(chunk_len: int, seq_len: int) -> int:
   return 0 if chunk_len >= seq_len else chunk_len
 
 
-def output_logits(h: jax.Array, w: jax.Array, dtype) -> jax.Array:
-  """Logits [B, S, V] in float32 from final-normed hidden states and an output kernel."""
+def output_logits(h: jax.Array, w: jax.Array, dtype, cap: float = 0.0) -> jax.Array:
+  """Logits [B, S, V] in float32 from final-normed hidden states and an output kernel,
+  soft-capped at `cap` (the model's final_logit_softcap) as the model's own output is."""
   z = jnp.einsum('bcd,dv->bcv', h.astype(dtype), w.astype(dtype),
                  preferred_element_type=jnp.float32)
+  z = attention.softcap(z, cap)
   return sharding.constrain(z, ('act_batch', 'act_length', 'act_vocab'))
 
 
 def chunked_output_sums(per_chunk, h_student, w_student, targets, weights, chunk_len: int,
-                        dtype, teacher=None, teacher_chunk=None) -> tuple[jax.Array, dict]:
+                        dtype, teacher=None, teacher_chunk=None,
+                        cap: float = 0.0) -> tuple[jax.Array, dict]:
   """`per_chunk(student_logits, teacher, targets, weights) -> (loss, sums)` summed over
   chunks of `chunk_len` sequence positions, the logits never whole.
 
-  h_student: final-normed hidden states [B, S, d]; w_student: the output kernel [d, V].
+  h_student: final-normed hidden states [B, S, d]; w_student: the output kernel [d, V];
+  cap: the student's final_logit_softcap.
   teacher: None, or a tree of per-position arrays [B, S, ...] that `teacher_chunk` turns,
   chunk by chunk, into per_chunk's teacher argument (online: the teacher's hidden states
   into its logits; cached: the cached top-k as they are). A lax.scan over
@@ -199,7 +204,7 @@ def chunked_output_sums(per_chunk, h_student, w_student, targets, weights, chunk
 
   def chunk_sums(hs, ws, t, tg, wt):
     t = None if t is None else jax.lax.stop_gradient(teacher_chunk(t))
-    return per_chunk(output_logits(hs, ws, dtype), t, tg, wt)
+    return per_chunk(output_logits(hs, ws, dtype, cap), t, tg, wt)
 
   rest = (jax.tree.map(split, teacher), split(targets), split(weights))
 
@@ -293,11 +298,11 @@ class DistillLoss:
     return self.add_match(step, loss, sums, match)
 
   def fused_sums(self, step, h_student, w_student, batch, chunk_len, dtype, teacher=None,
-                 teacher_chunk=None, match=None):
+                 teacher_chunk=None, match=None, cap: float = 0.0):
     """`sums` with the output layer fused into the loss (chunked_output_sums)."""
     loss, sums = chunked_output_sums(
         lambda zs, t, tg, wt: self.logit_sums(step, zs, t, tg, wt), h_student, w_student,
-        batch['targets'], batch['loss_weights'], chunk_len, dtype, teacher, teacher_chunk)
+        batch['targets'], batch['loss_weights'], chunk_len, dtype, teacher, teacher_chunk, cap)
     return self.add_match(step, loss, sums, match)
 
   def add_match(self, step, loss, sums, match):

@@ -39,7 +39,26 @@ FAMILY_CONFIGS = {
     'gemma': ('GemmaConfig', dict(hidden_size=32, num_hidden_layers=2, num_attention_heads=4,
                                   num_key_value_heads=1, head_dim=16, intermediate_size=48,
                                   max_position_embeddings=64)),
+    # windows shorter than the tests' sequences (24 tokens), soft-caps low enough to bite
+    'qwen2_window': ('Qwen2Config', dict(hidden_size=32, num_hidden_layers=3,
+                                         num_attention_heads=4, num_key_value_heads=2,
+                                         intermediate_size=48, max_position_embeddings=64,
+                                         use_sliding_window=True, sliding_window=6,
+                                         max_window_layers=1, tie_word_embeddings=False)),
+    'gemma2': ('Gemma2Config', dict(hidden_size=32, num_hidden_layers=4, num_attention_heads=4,
+                                    num_key_value_heads=2, head_dim=16, intermediate_size=48,
+                                    max_position_embeddings=64, sliding_window=6,
+                                    query_pre_attn_scalar=12, attn_logit_softcapping=4.0,
+                                    final_logit_softcapping=6.0)),
+    'gemma3_text': ('Gemma3TextConfig', dict(
+        hidden_size=32, num_hidden_layers=6, num_attention_heads=4, num_key_value_heads=2,
+        head_dim=16, intermediate_size=48, max_position_embeddings=64, sliding_window=6,
+        query_pre_attn_scalar=20, rope_parameters={
+            'sliding_attention': {'rope_type': 'default', 'rope_theta': 10_000.0},
+            'full_attention': {'rope_type': 'linear', 'factor': 4.0, 'rope_theta': 1e6}})),
 }
+# the family each of them imports as
+FAMILY_OF = {'llama3': 'llama', 'qwen2_window': 'qwen2'}
 FAMILIES = list(FAMILY_CONFIGS)
 
 
@@ -50,21 +69,28 @@ def hf_config(family: str, vocab_size: int = VOCAB, **overrides):
 
 
 def make(family: str, directory: str, vocab_size: int = VOCAB, seed: int = 0,
-         unit_final_gain: bool = False, **overrides) -> str:
+         unit_final_gain: bool = False, uniform_post_gains: bool = False,
+         **overrides) -> str:
   """Save a random model of `family` into `directory`; returns the directory.
-  `unit_final_gain`: the final norm's gain is 1 (what GUIDE's tied exactness needs)."""
+  `unit_final_gain`: the final norm's gain is 1 (what GUIDE's tied exactness needs);
+  `uniform_post_gains`: each of Gemma 2/3's post-norms has one gain for all its dims, a
+  random one per norm (what GUIDE's exactness needs there)."""
   import torch
   import transformers
   torch.manual_seed(seed)
   config = hf_config(family, vocab_size, **overrides)
   model = transformers.AutoModelForCausalLM.from_config(config)
-  offset = 0.0 if config.model_type == 'gemma' else 1.0
+  offset = 0.0 if config.model_type.startswith('gemma') else 1.0
+  post_norms = config.model_type in ('gemma2', 'gemma3_text')
   with torch.no_grad():
     for name, p in model.named_parameters():
       is_norm = p.ndim == 1 and ('norm' in name or '.ln_' in name) and name.endswith('weight')
       p.copy_(0.2 * torch.randn_like(p) + (offset if is_norm else 0.0))
       if unit_final_gain and is_norm and ('model.norm' in name or 'ln_f' in name):
         p.fill_(offset)  # gain 1: weight 1, or 0 for Gemma's 1 + w
+      if uniform_post_gains and post_norms and (
+          'post_attention_layernorm' in name or 'post_feedforward_layernorm' in name):
+        p.fill_(float(0.3 * torch.randn(())))
   model.save_pretrained(directory)
   return directory
 

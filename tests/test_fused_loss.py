@@ -123,3 +123,27 @@ def test_fused_step_holds_no_full_logits():
     temps[chunk] = compiled.memory_analysis().temp_size_in_bytes
   logits_bytes = 8 * 64 * 8192 * 4
   assert temps[0] - temps[8] > 2 * logits_bytes, temps
+
+
+def test_final_logit_softcap_holds_in_the_fused_loss_too(setup):
+  """Gemma 2's final soft-cap on both models: the fused output layer caps each chunk's
+  logits as the model's own output does (loss and gradients equal the unfused path's)."""
+  student, teacher, sp, tp, batch, mesh, rules = setup
+  capped_s, capped_t = student.copy_and_resolve_references(), teacher.copy_and_resolve_references()
+  capped_s.final_logit_softcap, capped_t.final_logit_softcap = 0.3, 0.5
+  loss = _loss('forward_kl', 1.0)
+  out = {}
+  for chunk in (0, 8):
+    objective = steps.distill_objective(capped_s, capped_t, loss, np.array([0]), chunk)
+    out[chunk] = _value_and_grad(objective, sp, batch, tp, {}, mesh=mesh, rules=rules)
+  (loss0, sums0), grads0 = out[0]
+  (loss8, sums8), grads8 = out[8]
+  np.testing.assert_allclose(loss8, loss0, rtol=1e-5)
+  for name in sums0:
+    np.testing.assert_allclose(sums8[name], sums0[name], rtol=1e-5, atol=1e-5)
+  jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-5),
+               grads8, grads0)
+  with jax.set_mesh(mesh), sharding.use_rules(rules):  # the cap bites: |z| <= c
+    plain, capped = (np.abs(np.asarray(transformer.apply(m, tp, batch))).max()
+                     for m in (teacher, capped_t))
+  assert capped <= 0.5 < plain

@@ -47,9 +47,14 @@ def family_dir(request, tmp_path_factory):
 def test_import_matches_transformers(family_dir):
   family, directory = family_dir
   model = hf_checkpoint.model_config(directory)
-  assert model.family == family.rstrip('3') or family == 'qwen3'
+  assert model.family == hf_models.FAMILY_OF.get(family, family)
   if family == 'llama3':
     assert model.rope_scaling == 'llama3' and model.rope_original_max_len == 32
+  if family in ('qwen2_window', 'gemma2', 'gemma3_text'):
+    assert 0 < model.sliding_window < 24  # the window is computed, not skipped
+  if family == 'gemma3_text':
+    assert model.layer_types == ','.join(['local'] * 5 + ['global'])
+    assert (model.rope_base, model.local_rope_base, model.rope_scaling) == (1e6, 1e4, 'linear')
   tokens = batch(model)
   ours = parity.guide_jax_logits(directory, tokens)
   ref = hf_logits(directory, tokens['inputs'])
@@ -135,11 +140,14 @@ def _guide_exact_student(model):
   return g
 
 
-@pytest.mark.parametrize('family', [f for f in hf_models.FAMILIES if f != 'gpt2'])
+@pytest.mark.parametrize('family', [  # qwen2's window changes no GUIDE rule: slow
+    pytest.param(f, marks=pytest.mark.slow) if f == 'qwen2_window' else f
+    for f in hf_models.FAMILIES if f != 'gpt2'])
 def test_guide_from_hf_teacher_is_exact_at_equal_width(family, tmp_path):
   """RMSNorm families: d_S = d_T, every block guided, untied output with guide.unembed (or
   tied with final gain 1): the student's logits equal the teacher's."""
-  directory = hf_models.make(family, str(tmp_path), unit_final_gain=True)
+  directory = hf_models.make(family, str(tmp_path), unit_final_gain=True,
+                             uniform_post_gains=True)
   t = hf_checkpoint.model_config(directory)
   t.norm_eps = 1e-12  # folding is exact only up to the norm's epsilon
   tp = saved_model.load(directory).params
@@ -199,14 +207,24 @@ def test_padded_vocabulary_rows_stay_out_of_the_pca(tmp_path):
 
 
 @pytest.mark.parametrize('hf,field', [
-    (dict(model_type='gemma2'), 'model_type'),
+    (dict(model_type='gemma3'), 'model_type'),
+    (dict(model_type='mistral', layer_types=['sliding_attention', 'full_attention']),
+     'layer_types'),
+    (dict(model_type='llama', layer_types=['sliding_attention', 'full_attention']),
+     'layer_types'),
+    (dict(model_type='gemma2', hidden_activation='gelu_pytorch_tanh',
+          layer_types=['sliding_attention', 'chunked_attention']), 'layer_types'),
+    (dict(model_type='gemma3_text', hidden_activation='gelu_pytorch_tanh', rope_parameters={
+        'full_attention': {'rope_type': 'yarn', 'factor': 2.0},
+        'sliding_attention': {'rope_type': 'default'}}),
+     'rope_parameters.full_attention.rope_type'),
     (dict(model_type='mixtral'), 'model_type'),
     (dict(model_type='falcon'), 'model_type'),
     (dict(model_type='llama', rope_parameters={'rope_type': 'yarn', 'factor': 4.0}),
      'rope_parameters.rope_type'),
     (dict(model_type='llama', attention_bias=True, mlp_bias=False), 'attention_bias'),
     (dict(model_type='llama', hidden_act='gelu'), 'hidden_act'),
-    (dict(model_type='qwen2', use_sliding_window=True), 'use_sliding_window'),
+    (dict(model_type='llama', use_sliding_window=True), 'use_sliding_window'),
     (dict(model_type='qwen3', num_experts=8), 'num_experts'),
 ])
 def test_unsupported_configs_are_refused_by_name(hf, field):
@@ -279,7 +297,7 @@ def test_a_truncated_safetensors_file_is_an_hf_error_naming_it(tmp_path):
     hf_checkpoint.SafetensorsReader(tmp_path)
 
 
-@pytest.mark.parametrize('case', ['gemma2', 'export_exists'])
+@pytest.mark.parametrize('case', ['gemma3', 'export_exists'])
 def test_refusals_exit_2_with_one_line_and_write_nothing(case, tmp_path):
   work = tmp_path / 'run'
   if case == 'export_exists':
@@ -293,7 +311,7 @@ def test_refusals_exit_2_with_one_line_and_write_nothing(case, tmp_path):
   else:
     teacher = tmp_path / 'teacher'
     teacher.mkdir()
-    (teacher / 'config.json').write_text(json.dumps({'model_type': 'gemma2'}))
+    (teacher / 'config.json').write_text(json.dumps({'model_type': 'gemma3'}))
     extra, field = [], 'model_type'
     r = _run('-m', 'guide_jax.main', f'--config=experiments/distill_hf.py:{teacher}',
              f'--workdir={work}', *extra, cwd=REPO)
@@ -301,3 +319,41 @@ def test_refusals_exit_2_with_one_line_and_write_nothing(case, tmp_path):
   assert r.returncode == 2, r.stderr[-2000:]
   lines = [line for line in r.stderr.splitlines() if line.strip()]
   assert len(lines) == 1 and lines[0].startswith('error:') and field in lines[0], lines
+
+
+def test_exported_gemma3_student_generates_as_transformers_does(tmp_path):
+  """A Gemma-3-shaped guide_jax model (5 local layers with a 6-token window, 1 global,
+  sandwich and q/k norms, two RoPE bases) exported, then greedy-decoded past its window by
+  guide_jax's KV-cache sampler and by transformers' `generate` on the same directory."""
+  from guide_jax import sharding
+  from guide_jax.infer import sampler as sampler_lib
+  model = hf_checkpoint.model_config(hf_models.make('gemma3_text', str(tmp_path / 'shape')))
+  params = jax.tree.map(lambda x: 4.0 * x, transformer.init_params(model, jax.random.key(7)))
+  out = tmp_path / 'student'
+  out.mkdir()
+  eos = 95
+  export.write_hf_dir(model, params, out, {'eos_token_id': eos, 'bos_token_id': None,
+                                           'pad_token_id': 0}, 'float32', 2 << 30)
+  prompts = [[5, 17, 33, 2, 41], [60, 7, 7, 12, 90, 3, 44, 21]]
+  saved = saved_model.load(str(out), dtype='float32')
+  mesh = sharding.make_mesh(config_lib.base_config().mesh, jax.devices()[:1])
+  sampler = sampler_lib.Sampler(saved.model, saved.params, eos, mesh)
+  ours = sampler.generate(prompts, sampler_lib.Sampling(max_new_tokens=14))
+  reference = transformers.AutoModelForCausalLM.from_pretrained(str(out), dtype=torch.float32)
+  for prompt, row in zip(prompts, ours):
+    generated = reference.generate(torch.tensor([prompt]), max_new_tokens=14, do_sample=False,
+                                   eos_token_id=eos, pad_token_id=0)[0, len(prompt):].tolist()
+    assert row == generated
+  assert max(len(p) + len(r) for p, r in zip(prompts, ours)) > 2 * model.sliding_window
+
+
+def test_distill_hf_students_keep_the_teacher_pattern_of_local_and_global_layers():
+  from guide_jax import experiment_file
+  distill_hf = experiment_file.load_module(f'{REPO}/experiments/distill_hf.py')
+  gemma3 = ','.join((['local'] * 5 + ['global']) * 4 + ['local'] * 2)  # 26 layers
+  assert distill_hf.student_layer_types(gemma3, 13) == ','.join(
+      ['local'] * 5 + ['global'] + ['local'] * 5 + ['global', 'local'])
+  assert distill_hf.student_layer_types('local,global,local,global', 2) == 'local,global'
+  qwen2 = ','.join(['global'] * 2 + ['local'] * 6)  # max_window_layers=2
+  assert distill_hf.student_layer_types(qwen2, 4) == 'global,local,local,local'
+  assert distill_hf.student_layer_types('', 4) == ''

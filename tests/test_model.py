@@ -189,3 +189,42 @@ def test_bfloat16_compute_with_float32_params():
   np.testing.assert_allclose(low, full, atol=5e-2)  # bf16 rounding, not a wrong result
   grads = jax.grad(lambda p: transformer.apply(m, p, batch).mean())(params)
   assert all(np.isfinite(np.asarray(g)).all() for g in jax.tree.leaves(grads))
+
+
+def gemma3_like(**overrides):
+  """Gemma 3's features on a tiny model: local (window 5) and global layers with their own
+  RoPE, sandwich norms, q/k norms, query_pre_attn_scalar, and both soft-caps."""
+  m = config_lib.model_config()
+  m.update(dict(vocab_size=97, d_model=32, n_layers=3, n_heads=4, n_kv_heads=2, head_dim=8,
+                mlp_dim=48, max_len=64, position='rope', rope_base=1e6, local_rope_base=1e4,
+                rope_scaling='linear', rope_scaling_factor=4.0, sliding_window=5,
+                layer_types='local,global,local', post_norms=True,
+                qk_norm=True, norm_scale_offset=1.0, scale_embeddings=True, mlp='geglu',
+                query_pre_attn_scalar=12.0, attn_logit_softcap=3.0, final_logit_softcap=5.0))
+  m.update(overrides)
+  config_lib.validate_model(m)
+  return m
+
+
+def test_layer_pattern_is_scan_data_scanned_equals_unrolled():
+  """The layer kinds ride through lax.scan as data (a lax.cond per layer between the local
+  and the global kernel); unrolled, each layer's kind is a Python int. Forward and
+  gradients agree, with packed segments; and the pattern matters."""
+  scanned = gemma3_like(scan_layers=True, unroll_on_cpu=False)
+  unrolled = gemma3_like(scan_layers=True, unroll_on_cpu=True)
+  params = jax.tree.map(lambda x: 3.0 * x, transformer.init_params(scanned, jax.random.key(0)))
+  tokens = jax.random.randint(jax.random.key(1), (2, 24), 0, 97)
+  segments = jnp.concatenate([jnp.ones((2, 15), jnp.int32), 2 * jnp.ones((2, 9), jnp.int32)], 1)
+  positions = jnp.concatenate([jnp.arange(15), jnp.arange(9)])[None].repeat(2, 0)
+  batch = {'inputs': tokens, 'positions': positions, 'segment_ids': segments}
+
+  def loss(cfg):
+    return jax.jit(jax.value_and_grad(
+        lambda p: jnp.mean(transformer.apply(cfg, p, batch) ** 2)))
+
+  (a, ga), (b, gb) = loss(scanned)(params), loss(unrolled)(params)
+  np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-5)
+  jax.tree.map(lambda x, y: np.testing.assert_allclose(x, y, rtol=1e-5, atol=1e-5), ga, gb)
+  every_global = gemma3_like(layer_types='global,global,global')
+  logits = transformer.apply(unrolled, params, batch)
+  assert float(jnp.abs(transformer.apply(every_global, params, batch) - logits).max()) > 1e-2

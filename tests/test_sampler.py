@@ -22,6 +22,14 @@ VARIANTS = {
     'rope-mqa-qk_norm-bias-geglu-offset': dict(
         position='rope', n_kv_heads=1, qk_norm=True, qkv_bias=True, mlp='geglu',
         norm_scale_offset=1.0, norm='rmsnorm', tie_embeddings=False),
+    # windows of 4 keys: the prompts (up to 17 tokens) and their 8 new tokens go past them
+    'rope-window': dict(position='rope', n_kv_heads=2, sliding_window=4),
+    'gemma3-local-global': dict(
+        position='rope', n_kv_heads=2, layer_types='local,global', sliding_window=4,
+        rope_base=1e6, local_rope_base=1e4, rope_scaling='linear', rope_scaling_factor=4.0,
+        post_norms=True, qk_norm=True, norm_scale_offset=1.0, mlp='geglu',
+        scale_embeddings=True, query_pre_attn_scalar=12.0, attn_logit_softcap=3.0,
+        final_logit_softcap=5.0),
 }
 
 
@@ -68,7 +76,10 @@ def greedy_by_full_forward(cfg, params, prompt, n):
 @pytest.mark.parametrize('variant,sharded', [  # the sharded runs cover the unsharded ones'
     pytest.param('learned-mha', False, marks=pytest.mark.slow), ('learned-mha', True),
     pytest.param('rope-gqa', False, marks=pytest.mark.slow), ('rope-gqa', True),
-    ('rope-mqa-qk_norm-bias-geglu-offset', False)])
+    ('rope-mqa-qk_norm-bias-geglu-offset', False),
+    pytest.param('rope-window', False, marks=pytest.mark.slow),
+    ('gemma3-local-global', False),  # windows in the local layer only; the slow one: all
+    pytest.param('gemma3-local-global', True, marks=pytest.mark.slow)])
 def test_greedy_equals_argmax_of_full_forward(variant, sharded):
   cfg, params, mesh = placed(variant, sharded)
   sampler = sampler_lib.Sampler(cfg, params, eos_id=-1, mesh=mesh)

@@ -12,7 +12,7 @@ tfds = pytest.importorskip('tensorflow_datasets')
 def test_embedded_corpus_as_a_seqio_task(tiny_config):
   tiny_config.data.backend = 'seqio'
   tiny_config.data.seqio_task = seqio_backend.EMBEDDED_TASK
-  data = seqio_backend.build(tiny_config)
+  data = pipeline.build(tiny_config)
   batch = next(data.train)
   assert batch['inputs'].shape == (8, 64)
   # same SentencePiece model as the embedded backend
@@ -27,15 +27,15 @@ def test_tfds_task_packs_and_resumes_exactly(tiny_config, task):
   tiny_config.data.seqio_task = task
   tiny_config.data.eval_batches = 1
   with tfds.testing.mock_data(num_examples=64):
-    data = seqio_backend.build(tiny_config)
+    data = pipeline.build(tiny_config)
     batches = [next(data.train) for _ in range(4)]
     assert batches[0]['inputs'].shape == (8, 64)
     assert batches[0]['inputs'].max() < tiny_config.model.vocab_size
-    again = seqio_backend.build(tiny_config)
+    again = pipeline.build(tiny_config)
     next(again.train)
     next(again.train)
     state = again.train.get_state()
-    resumed = seqio_backend.build(tiny_config)
+    resumed = pipeline.build(tiny_config)
     resumed.train.set_state(state)
     for want in batches[2:]:
       got = next(resumed.train)
@@ -47,7 +47,7 @@ def test_tfds_task_needs_a_tokenizer(tiny_config):
   tiny_config.data.backend = 'seqio'
   tiny_config.data.seqio_task = 'c4_en'
   with pytest.raises(ValueError, match='data.tokenizer is empty'):
-    seqio_backend.build(tiny_config)
+    pipeline.build(tiny_config)
 
 
 def test_streaming_packer_state():

@@ -88,7 +88,8 @@ def check_compatible(t, s, guide_cfg) -> None:
     raise GuideError(f'student query heads per kv head ({s.n_heads}/{s.n_kv_heads}) exceed '
                      f'the teacher\'s ({t.n_heads}/{t.n_kv_heads}); lower model.n_heads or '
                      f'raise model.n_kv_heads')
-  for name in ('norm', 'mlp', 'use_bias', 'qkv_bias', 'qk_norm', 'norm_scale_offset'):
+  for name in ('norm', 'mlp', 'use_bias', 'qkv_bias', 'qk_norm', 'norm_scale_offset',
+               'post_norms'):
     if s[name] != t[name]:
       raise GuideError(f'student model.{name}={s[name]!r} differs from the teacher\'s '
                        f'{t[name]!r}; GUIDE maps blocks of the same family')
@@ -97,7 +98,7 @@ def check_compatible(t, s, guide_cfg) -> None:
       raise GuideError(f'student model.head_dim={s.head_dim} must divide the teacher\'s '
                        f'{t.head_dim} with rope (only then are rotary frequencies exact)')
     for name in ('rope_base', 'rope_scaling', 'rope_scaling_factor', 'rope_low_freq_factor',
-                 'rope_high_freq_factor', 'rope_original_max_len'):
+                 'rope_high_freq_factor', 'rope_original_max_len', 'local_rope_base'):
       if s[name] != t[name]:
         raise GuideError(f'student model.{name}={s[name]!r} differs from the teacher\'s '
                          f'{t[name]!r}; the selected rotary frequencies must be the same')
@@ -228,7 +229,22 @@ def _project_block(tb: dict, m, t, s, g) -> dict:
     block[norm] = {'scale': unit_gain(s)}
     if s.norm == 'layernorm':
       block[norm]['bias'] = jnp.zeros((s.d_model,), F32)
+  if s.post_norms:
+    for norm in ('post_attn_norm', 'post_mlp_norm'):
+      gain_s = post_norm_gain(t.norm_scale_offset + tb[norm]['scale'].astype(F32), m,
+                              math.sqrt(t.d_model / s.d_model))
+      block[norm] = {'scale': gain_s - s.norm_scale_offset}
   return block
+
+
+def post_norm_gain(gain_t, m, scale) -> Array:
+  """The student gain of a norm that *writes* the residual stream (Gemma 2/3's post-
+  attention and post-MLP norms): scale * diag(M^T diag(g_T) M), i.e. g_S[k] = scale *
+  sum_d M[d, k]^2 g_T[d]. A gain applied after the normalisation cannot be folded into a
+  weight, and M^T diag(g_T) M is a full matrix; its diagonal is the closest per-dim gain.
+  Exact when g_T is uniform (then it is g_T), and `scale` = sqrt(d_T/d_S) is the norm's
+  RMS over d_S instead of d_T, as in the read folding."""
+  return scale * jnp.einsum('dk,d,dk->k', m, gain_t, m)
 
 
 def project(teacher_params: dict, teacher_cfg: ml_collections.ConfigDict,

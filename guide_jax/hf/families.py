@@ -80,6 +80,38 @@ def _rope_parameters(hf: dict) -> dict:
   return rope
 
 
+def _attention_pattern(hf: dict, n_layers: int, window: int | None) -> tuple[int, str]:
+  """(sliding_window, layer_types) of a config.json whose `layer_types` names each layer
+  'sliding_attention' or 'full_attention' (absent: all full) with `window` the sliding
+  layers' window: every layer sliding is a uniform window (layer_types '')."""
+  types = list(hf.get('layer_types') or ['full_attention'] * n_layers)
+  unknown = set(types) - {'full_attention', 'sliding_attention'}
+  if unknown or len(types) != n_layers:
+    _refuse('layer_types', sorted(unknown) or len(types),
+            f"{n_layers} of 'full_attention' or 'sliding_attention'")
+  if 'sliding_attention' not in types:
+    return 0, ''
+  if not window or window <= 0:
+    _refuse('sliding_window', window, 'sliding layers need a positive window')
+  if 'full_attention' not in types:
+    return int(window), ''
+  return int(window), ','.join('local' if t == 'sliding_attention' else 'global'
+                               for t in types)
+
+
+def _layer_types_hf(m) -> list[str]:
+  """Our attention pattern as config.json's `layer_types`."""
+  if m.layer_types:
+    return ['sliding_attention' if k.strip() == 'local' else 'full_attention'
+            for k in m.layer_types.split(',')]
+  return ['sliding_attention' if m.sliding_window else 'full_attention'] * m.n_layers
+
+
+def _number(x: float):
+  """An int where it is one: transformers' strict configs type some such fields int."""
+  return int(x) if float(x).is_integer() else x
+
+
 def _refuse(field: str, value, why: str):
   raise HFError(f'config.json {field}={value!r} is not supported: {why}')
 
@@ -168,6 +200,7 @@ class Llama(Family):
   architecture = 'LlamaForCausalLM'
   hidden_act = ('silu',)
   ignored = ('.rotary_emb.inv_freq',)
+  windowed = False  # whether config.json's layer_types / sliding window are read
 
   def _common(self, hf) -> ml_collections.ConfigDict:
     act = hf.get('hidden_activation') or hf.get('hidden_act', 'silu')
@@ -182,11 +215,13 @@ class Llama(Family):
     if any(k in hf for k in ('num_experts', 'num_local_experts', 'n_routed_experts')):
       _refuse('num_experts', hf.get('num_experts', hf.get('num_local_experts')),
               'mixture-of-experts models')
-    layer_types = set(hf.get('layer_types') or ['full_attention'])
-    if layer_types != {'full_attention'}:
-      _refuse('layer_types', sorted(layer_types), 'only full attention in every layer')
-    if hf.get('use_sliding_window'):
-      _refuse('use_sliding_window', True, 'sliding-window attention')
+    if not self.windowed:
+      layer_types = set(hf.get('layer_types') or ['full_attention'])
+      if layer_types != {'full_attention'}:
+        _refuse('layer_types', sorted(layer_types), f'{self.name} attends fully in every '
+                f'layer (mistral, qwen2, qwen3, gemma2 and gemma3_text have windows)')
+      if hf.get('use_sliding_window'):
+        _refuse('use_sliding_window', True, f'{self.name} has no sliding window')
     d, h = hf['hidden_size'], hf['num_attention_heads']
     m = config_lib.model_config()
     m.update(dict(vocab_size=hf['vocab_size'], d_model=d, n_layers=hf['num_hidden_layers'],
@@ -236,12 +271,16 @@ class Llama(Family):
   def _extra_hf(self, m) -> dict:
     return {'attention_bias': bool(m.use_bias), 'mlp_bias': bool(m.use_bias)}
 
+  def block_norms(self, m) -> list[tuple[str, str]]:
+    """(checkpoint name in a layer, our norm) of each norm gain of a block."""
+    return [('input_layernorm', 'norm1'), ('post_attention_layernorm', 'norm2')]
+
   def tensors(self, m):
     b = 'model.layers.{i}.'
     rows = [Tensor('model.embed_tokens.weight', ('embedding',)),
-            Tensor('model.norm.weight', ('final_norm', 'scale')),
-            Tensor(b + 'input_layernorm.weight', ('blocks', 'norm1', 'scale')),
-            Tensor(b + 'post_attention_layernorm.weight', ('blocks', 'norm2', 'scale'))]
+            Tensor('model.norm.weight', ('final_norm', 'scale'))]
+    rows += [Tensor(b + hf_name + '.weight', ('blocks', ours, 'scale'))
+             for hf_name, ours in self.block_norms(m)]
     if not m.tie_embeddings:
       rows.append(Tensor('lm_head.weight', ('unembed',), 'linear'))
     for name in ('q', 'k', 'v'):
@@ -264,11 +303,15 @@ class Llama(Family):
 
 
 class Mistral(Llama):
-  """Llama's layout with a sliding attention window (sequences beyond it are refused)."""
+  """Llama's layout with a sliding attention window in every layer."""
   name = 'mistral'
   architecture = 'MistralForCausalLM'
+  windowed = True
 
   def model_config(self, hf):
+    if hf.get('layer_types'):
+      _refuse('layer_types', hf['layer_types'], 'MistralForCausalLM windows every layer; '
+              'alternating layers are Ministral, not supported')
     m = self._common(hf)
     m.sliding_window = int(hf.get('sliding_window') or 0)
     return m
@@ -278,21 +321,37 @@ class Mistral(Llama):
 
 
 class Qwen2(Llama):
-  """Llama's layout with biases on q, k and v (none on o or the MLP)."""
+  """Llama's layout with biases on q, k and v (none on o or the MLP); with
+  use_sliding_window, the layers its layer_types names sliding attend within the window
+  (from max_window_layers on, by default)."""
   name = 'qwen2'
   architecture = 'Qwen2ForCausalLM'
+  windowed = True
+
+  def _window(self, hf, m):
+    window = hf.get('sliding_window') if hf.get('use_sliding_window') else None
+    m.sliding_window, m.layer_types = _attention_pattern(hf, m.n_layers, window)
 
   def model_config(self, hf):
     m = self._common(hf)
     m.qkv_bias = True
+    self._window(hf, m)
     return m
 
+  def _window_hf(self, m) -> dict:
+    types = _layer_types_hf(m)
+    return {'use_sliding_window': bool(m.sliding_window),
+            'sliding_window': m.sliding_window or None, 'layer_types': types,
+            'max_window_layers': types.index('sliding_attention') if m.sliding_window
+                                 else m.n_layers}
+
   def _extra_hf(self, m):
-    return {'use_sliding_window': False}
+    return self._window_hf(m)
 
 
-class Qwen3(Llama):
-  """Llama's layout with per-head RMSNorm on q and k (before RoPE), no biases."""
+class Qwen3(Qwen2):
+  """Llama's layout with per-head RMSNorm on q and k (before RoPE), no biases; windows as
+  Qwen2's."""
   name = 'qwen3'
   architecture = 'Qwen3ForCausalLM'
 
@@ -300,10 +359,11 @@ class Qwen3(Llama):
     _expect(hf, 'attention_bias', (False,), 'Qwen3 with attention biases', False)
     m = self._common(hf)
     m.qk_norm = True
+    self._window(hf, m)
     return m
 
   def _extra_hf(self, m):
-    return {'attention_bias': False, 'use_sliding_window': False}
+    return {'attention_bias': False, **self._window_hf(m)}
 
 
 class Gemma(Llama):
@@ -326,14 +386,109 @@ class Gemma(Llama):
     return {'hidden_activation': 'gelu_pytorch_tanh', 'attention_bias': False}
 
 
-FAMILIES = {f.name: f for f in (GPT2(), Llama(), Mistral(), Qwen2(), Qwen3(), Gemma())}
+class Gemma2(Gemma):
+  """Gemma with sandwich norms (input, post-attention, pre- and post-feedforward),
+  attention logits scaled by query_pre_attn_scalar and soft-capped, local (sliding) and
+  global layers by layer_types (alternating), and the final logits soft-capped."""
+  name = 'gemma2'
+  architecture = 'Gemma2ForCausalLM'
+  windowed = True
+
+  def _rope(self, hf, m) -> None:
+    rope = _rope_parameters(hf)
+    if rope.get('rope_type', 'default') != 'default':
+      _refuse('rope_parameters.rope_type', rope.get('rope_type'), "implemented: 'default'")
+
+  def model_config(self, hf):
+    _expect(hf, 'attention_bias', (False,), f'{self.name} with attention biases', False)
+    _expect(hf, 'tie_word_embeddings', (True,), f'{self.name} ties its output layer', True)
+    if hf.get('use_bidirectional_attention'):
+      _refuse('use_bidirectional_attention', True, 'a decoder needs causal attention')
+    m = self._common(self._common_view(hf))
+    self._rope(hf, m)
+    m.update(dict(norm_scale_offset=1.0, scale_embeddings=True, mlp='geglu', post_norms=True,
+                  query_pre_attn_scalar=float(hf.get('query_pre_attn_scalar') or m.head_dim),
+                  attn_logit_softcap=float(hf.get('attn_logit_softcapping') or 0.0),
+                  final_logit_softcap=float(hf.get('final_logit_softcapping') or 0.0)))
+    m.sliding_window, m.layer_types = _attention_pattern(hf, m.n_layers,
+                                                         hf.get('sliding_window'))
+    return m
+
+  def _common_view(self, hf) -> dict:
+    """What Llama's _common reads, with the rope of the global layers."""
+    return hf
+
+  def block_norms(self, m):
+    return [('input_layernorm', 'norm1'), ('post_attention_layernorm', 'post_attn_norm'),
+            ('pre_feedforward_layernorm', 'norm2'),
+            ('post_feedforward_layernorm', 'post_mlp_norm')]
+
+  def _extra_hf(self, m):
+    return {'hidden_activation': 'gelu_pytorch_tanh', 'attention_bias': False,
+            'query_pre_attn_scalar': _number(m.query_pre_attn_scalar or m.head_dim),
+            'attn_logit_softcapping': m.attn_logit_softcap or None,
+            'final_logit_softcapping': m.final_logit_softcap or None,
+            'sliding_window': m.sliding_window or None, 'layer_types': _layer_types_hf(m)}
+
+
+class Gemma3Text(Gemma2):
+  """Gemma 2's layout with RMSNorm (1 + w) on each head's q and k, no soft-caps by default,
+  5 local : 1 global layers, and a RoPE per kind of layer: rope_parameters
+  {'sliding_attention': base 10k, 'full_attention': base 1M (and `linear` scaling on the
+  larger models)}."""
+  name = 'gemma3_text'
+  architecture = 'Gemma3ForCausalLM'
+
+  def _kinds_rope(self, hf) -> tuple[dict, dict]:
+    """(global, local) rope parameters, from either config.json format."""
+    rope = hf.get('rope_parameters') or {}
+    if 'full_attention' in rope or 'sliding_attention' in rope:
+      return (dict(rope.get('full_attention') or {}), dict(rope.get('sliding_attention') or {}))
+    full = dict(hf.get('rope_scaling') or {})  # transformers 4's rope_theta + local base
+    if 'type' in full and 'rope_type' not in full:
+      full['rope_type'] = full.pop('type')
+    full.setdefault('rope_theta', hf.get('rope_theta', 1_000_000.0))
+    return full, {'rope_type': 'default',
+                  'rope_theta': hf.get('rope_local_base_freq', 10_000.0)}
+
+  def _common_view(self, hf):
+    full, _ = self._kinds_rope(hf)
+    return {**hf, 'rope_parameters': {'rope_type': 'default',
+                                      'rope_theta': full.get('rope_theta', 1_000_000.0)}}
+
+  def _rope(self, hf, m) -> None:
+    full, local = self._kinds_rope(hf)
+    if full.get('rope_type', 'default') not in ('default', 'linear'):
+      _refuse('rope_parameters.full_attention.rope_type', full.get('rope_type'),
+              "implemented: 'default', 'linear'")
+    if local.get('rope_type', 'default') != 'default':
+      _refuse('rope_parameters.sliding_attention.rope_type', local.get('rope_type'),
+              "implemented: 'default'")
+    if full.get('rope_type') == 'linear':
+      m.rope_scaling, m.rope_scaling_factor = 'linear', float(full['factor'])
+    m.local_rope_base = float(local.get('rope_theta', 10_000.0))
+
+  def model_config(self, hf):
+    m = super().model_config(hf)
+    m.qk_norm = True
+    return m
+
+  def _rope_hf(self, m):
+    full = {'rope_type': 'default', 'rope_theta': m.rope_base}
+    if m.rope_scaling == 'linear':
+      full.update({'rope_type': 'linear', 'factor': m.rope_scaling_factor})
+    return {'rope_parameters': {'full_attention': full, 'sliding_attention': {
+        'rope_type': 'default', 'rope_theta': m.local_rope_base or m.rope_base}}}
+
+
+FAMILIES = {f.name: f for f in (GPT2(), Llama(), Mistral(), Qwen2(), Qwen3(), Gemma(),
+                                Gemma2(), Gemma3Text())}
 
 # Named so that their refusal can say what is missing rather than "unknown".
 _NOT_SUPPORTED = {
-    'gemma2': 'sandwich norms, attn_logit_softcapping and final_logit_softcapping, '
-              'alternating sliding-window layers',
-    'gemma3': 'sandwich norms, alternating sliding-window layers, local rope_parameters',
-    'gemma3_text': 'sandwich norms, alternating sliding-window layers, local rope_parameters',
+    'gemma3': 'the multimodal Gemma 3 (a vision tower and model.language_model.*); its text '
+              'model is gemma3_text (Gemma3ForCausalLM): the 1B checkpoint, or a text-only '
+              'conversion',
     'mixtral': 'mixture-of-experts MLPs (num_local_experts)',
     'qwen2_moe': 'mixture-of-experts MLPs (num_experts)',
     'qwen3_moe': 'mixture-of-experts MLPs (num_experts)',
@@ -361,7 +516,9 @@ def model_config(hf: dict) -> ml_collections.ConfigDict:
 ARCHITECTURE_FIELDS = (
     'vocab_size', 'd_model', 'n_layers', 'n_heads', 'n_kv_heads', 'head_dim', 'mlp_dim',
     'max_len', 'position', 'norm', 'norm_eps', 'mlp', 'tie_embeddings', 'scale_embeddings',
-    'use_bias', 'qkv_bias', 'qk_norm', 'norm_scale_offset', 'sliding_window')
+    'use_bias', 'qkv_bias', 'qk_norm', 'norm_scale_offset', 'sliding_window', 'layer_types',
+    'local_rope_base', 'query_pre_attn_scalar', 'attn_logit_softcap', 'final_logit_softcap',
+    'post_norms')
 _ROPE_FIELDS = ('rope_base', 'rope_scaling', 'rope_scaling_factor', 'rope_low_freq_factor',
                 'rope_high_freq_factor', 'rope_original_max_len')
 
@@ -369,6 +526,8 @@ _ROPE_FIELDS = ('rope_base', 'rope_scaling', 'rope_scaling_factor', 'rope_low_fr
 def _guess(m) -> str:
   if m.position == 'learned':
     return 'gpt2'
+  if m.post_norms:
+    return 'gemma3_text' if m.qk_norm else 'gemma2'
   if m.mlp == 'geglu' or m.scale_embeddings or m.norm_scale_offset:
     return 'gemma'
   if m.qk_norm:

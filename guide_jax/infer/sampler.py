@@ -75,16 +75,29 @@ def choose(logits: jax.Array, key: jax.Array, temperature: float, top_k: int,
   return jax.random.categorical(key, logits, axis=-1).astype(jnp.int32)
 
 
-def masks(slots: jax.Array, pad: jax.Array, size: int) -> tuple[jax.Array, jax.Array]:
+def masks(slots: jax.Array, pad: jax.Array, size: int,
+          window: int = 0) -> tuple[jax.Array, jax.Array]:
   """For new tokens at cache slots `slots` [t] of rows whose first pad_b slots are padding:
   (over the cache [b, 1, 1, t, S]: the slots written before, not pads; over the new tokens
-  [b, 1, 1, t, t]: causal, not pads)."""
+  [b, 1, 1, t, t]: causal, not pads), both within `window` keys when it is > 0 (a slot's
+  position is the slot minus the row's padding, so the distance is that of the slots)."""
   s = jnp.arange(size)
   written = (s[None, None, :] < slots[0]) & (s[None, None, :] >= pad[:, None, None])
   written = jnp.broadcast_to(written, (pad.shape[0], slots.shape[0], size))
   causal = (slots[None, :, None] >= slots[None, None, :]) & (
       slots[None, None, :] >= pad[:, None, None])
+  if window:
+    written = written & (slots[None, :, None] - s[None, None, :] < window)
+    causal = causal & (slots[None, :, None] - slots[None, None, :] < window)
   return written[:, None, None], causal[:, None, None]
+
+
+def layer_masks(cfg: ml_collections.ConfigDict, slots: jax.Array, pad: jax.Array,
+                size: int) -> tuple:
+  """(masks of a global layer, masks of a local one) for Transformer.cached: with
+  layer_types, only local layers are windowed; without, every layer has sliding_window."""
+  local = masks(slots, pad, size, cfg.sliding_window)
+  return (masks(slots, pad, size) if cfg.layer_types else local), local
 
 
 class Sampler:
@@ -116,14 +129,15 @@ class Sampler:
       slots = jnp.arange(prompt_len)
       positions = jnp.maximum(slots[None, :] - pad[:, None], 0)
       model = transformer.bind(cfg, params)
-      logits, cache = model.cached(tokens, positions, cache, 0, *masks(slots, pad, size))
+      logits, cache = model.cached(tokens, positions, cache, 0,
+                                   layer_masks(cfg, slots, pad, size))
       return pick(logits[:, -1], key), cache
 
     def decode(params, cache, token, slot, pad, done, key):
       positions = (slot - pad)[:, None]
       model = transformer.bind(cfg, params)
       logits, cache = model.cached(token[:, None], positions, cache, slot,
-                                   *masks(slot[None], pad, size))
+                                   layer_masks(cfg, slot[None], pad, size))
       new = pick(logits[:, -1], key)
       new = jnp.where(done, self.eos_id, new)
       return new, cache, done | (new == self.eos_id)
@@ -150,10 +164,6 @@ class Sampler:
                f'the longest prompt ({longest} tokens) + max_new_tokens='
                f'{sampling.max_new_tokens} exceeds the model\'s max_len={self.cfg.max_len} '
                f'(learned positions); shorten the prompt or lower max_new_tokens')
-    if self.cfg.sliding_window:
-      _require(total <= self.cfg.sliding_window,
-               f'the longest prompt + max_new_tokens ({total}) exceeds the model\'s '
-               f'sliding_window={self.cfg.sliding_window} (not implemented in the cache)')
     batch = len(prompts)
     prompt_len = -(-longest // 16) * 16  # fewer recompilations across prompt lengths
     size = prompt_len + sampling.max_new_tokens

@@ -5,14 +5,24 @@ Shapes (d = d_model, h = n_heads, h_kv = n_kv_heads, l = head_dim, f = mlp_dim):
   blocks.attn.wq  [n, d, h, l]  wk, wv [n, d, h_kv, l]      wo [n, h, l, d]
   blocks.mlp.w_in [n, d, f] (gelu) or w_gate, w_up [n, d, f] (swiglu, geglu); w_out [n, f, d]
   blocks.norm1/norm2.scale [n, d]   final_norm.scale [d]   (+ .bias for layernorm)
+  blocks.post_attn_norm/post_mlp_norm.scale [n, d]   (post_norms: Gemma 2/3's sandwich)
   blocks.attn.q_norm/k_norm.scale [n, l]   (qk_norm)
   blocks.attn.bq [n, h, l], bk, bv [n, h_kv, l] (use_bias or qkv_bias); bo [n, d] (use_bias)
 
 The family features of Hugging Face checkpoints are config fields (config.model_config):
 norm gain offset (Gemma's 1 + w), per-head q/k RMSNorm (Qwen3), q/k/v-only biases (Qwen2),
-gated GELU (Gemma), Llama 3 RoPE frequency scaling, a sliding attention window (Mistral) and
-an attention logit soft-cap (Gemma 2). Self-attention runs through `attention.py`, which
-picks the kernel (XLA, Pallas splash on TPU, cuDNN on GPU; `model.attention_kernel`).
+gated GELU (Gemma), Llama 3 and linear RoPE frequency scaling, a sliding attention window
+(Mistral: every layer), a per-layer pattern of local (windowed) and global layers with their
+own RoPE bases (`layer_types`: Gemma 2's alternation, Gemma 3's 5 local : 1 global), norms
+after the attention and the MLP as well as before (`post_norms`), attention logits scaled by
+`query_pre_attn_scalar` and soft-capped, and a final logit soft-cap (Gemma 2).
+Self-attention runs through `attention.py`, which picks the kernel (XLA, Pallas splash on
+TPU, cuDNN on GPU; `model.attention_kernel`).
+
+A layer's kind (local 1, global 0) is data: the layer scan carries it beside the layer's
+parameters, and the attention picks its window and RoPE by it (`lax.cond` between the two
+kernels in training, a select of masks and frequencies in decoding). So scanned and
+unrolled models compute the same function.
 
 Block parameters are always stacked along a leading `layers` axis, whether or not the
 forward pass scans over them: one layout for checkpoints and for GUIDE, whose code reads
@@ -113,6 +123,8 @@ def rope_frequencies(head_dim: int, cfg: ml_collections.ConfigDict) -> Array:
   freqs = 1.0 / (cfg.rope_base ** (jnp.arange(0, head_dim, 2, dtype=jnp.float32) / head_dim))
   if cfg.rope_scaling == 'none':
     return freqs
+  if cfg.rope_scaling == 'linear':  # positions slowed down by `factor` (Gemma 3's global layers)
+    return freqs / cfg.rope_scaling_factor
   factor, low, high = cfg.rope_scaling_factor, cfg.rope_low_freq_factor, cfg.rope_high_freq_factor
   original = cfg.rope_original_max_len
   wavelen = 2 * jnp.pi / freqs
@@ -123,14 +135,49 @@ def rope_frequencies(head_dim: int, cfg: ml_collections.ConfigDict) -> Array:
   return jnp.where(medium, smoothed, scaled)
 
 
-def apply_rope(x: Array, positions: Array, cfg: ml_collections.ConfigDict) -> Array:
-  """Rotary embedding, 'split halves' layout. x: [b, t, heads, l], positions: [b, t]."""
-  freqs = rope_frequencies(x.shape[-1], cfg)
+def apply_rope(x: Array, positions: Array, freqs: Array) -> Array:
+  """Rotary embedding, 'split halves' layout. x: [b, t, heads, l], positions: [b, t],
+  freqs [l/2] (rope_frequencies)."""
   angles = positions.astype(jnp.float32)[:, :, None, None] * freqs  # [b, t, 1, l/2]
   cos, sin = jnp.cos(angles), jnp.sin(angles)
   x1, x2 = jnp.split(x.astype(jnp.float32), 2, axis=-1)
   out = jnp.concatenate([x1 * cos - x2 * sin, x2 * cos + x1 * sin], axis=-1)
   return out.astype(x.dtype)
+
+
+LOCAL = 'local'  # a layer_types entry; the other is 'global'
+
+
+def layer_kinds(cfg: ml_collections.ConfigDict) -> tuple[int, ...]:
+  """Per layer 1 (local: windowed, its own RoPE) or 0 (global), from `layer_types`; ()
+  when every layer is alike (`sliding_window` then applies to all of them)."""
+  if not cfg.layer_types:
+    return ()
+  return tuple(int(kind.strip() == LOCAL) for kind in cfg.layer_types.split(','))
+
+
+def kind_config(cfg: ml_collections.ConfigDict, local: bool) -> ml_collections.ConfigDict:
+  """The attention config of a local or a global layer of a model with `layer_types`: a
+  local layer has the window, `local_rope_base` and no RoPE scaling; a global one no window
+  and the model's RoPE. Without layer_types, the model's own config."""
+  if not cfg.layer_types:
+    return cfg
+  out = ml_collections.ConfigDict(cfg.to_dict())
+  if local:
+    out.rope_base = cfg.local_rope_base or cfg.rope_base
+    out.rope_scaling = 'none'
+  else:
+    out.sliding_window = 0
+  out.layer_types = ''
+  return out
+
+
+def by_kind(kind, fn):
+  """fn(local) for a layer of kind `kind`: None (every layer alike) -> fn(False) on the
+  model's own config; a Python int -> fn of it; traced (the layer scan) -> lax.cond."""
+  if kind is None or isinstance(kind, int):
+    return fn(bool(kind))
+  return jax.lax.cond(kind == 1, lambda: fn(True), lambda: fn(False))
 
 
 class Attention(nnx.Module):
@@ -140,6 +187,7 @@ class Attention(nnx.Module):
     d, h, hkv, l = cfg.d_model, cfg.n_heads, cfg.n_kv_heads, cfg.head_dim
     pdt, std = jnp.dtype(cfg.param_dtype), cfg.init_std
     self.cfg = cfg
+    self.kind_cfgs = (kind_config(cfg, False), kind_config(cfg, True))
     self.wq = _param(rngs.params(), (d, h, l), ('embed', 'heads', 'kv'), std, pdt)
     self.wk = _param(rngs.params(), (d, hkv, l), ('embed', 'kv_heads', 'kv'), std, pdt)
     self.wv = _param(rngs.params(), (d, hkv, l), ('embed', 'kv_heads', 'kv'), std, pdt)
@@ -158,8 +206,17 @@ class Attention(nnx.Module):
       self.q_norm = Norm(cfg, dim=l, kind='rmsnorm', axis='kv')
       self.k_norm = Norm(cfg, dim=l, kind='rmsnorm', axis='kv')
 
-  def qkv(self, u: Array, positions: Array) -> tuple[Array, Array, Array]:
-    """Queries [b, t, h, l], keys and values [b, t, hkv, l] of the inputs u at `positions`."""
+  def freqs(self, kind) -> Array:
+    """The RoPE frequencies of a layer of kind `kind` (None, an int, or traced: a select)."""
+    l = self.cfg.head_dim
+    if kind is None or isinstance(kind, int):
+      return rope_frequencies(l, self.kind_cfgs[bool(kind)])
+    return jnp.where(kind == 1, rope_frequencies(l, self.kind_cfgs[1]),
+                     rope_frequencies(l, self.kind_cfgs[0]))
+
+  def qkv(self, u: Array, positions: Array, kind=None) -> tuple[Array, Array, Array]:
+    """Queries [b, t, h, l], keys and values [b, t, hkv, l] of the inputs u at `positions`
+    (queries scaled so that the kernels' 1/sqrt(l) makes 1/sqrt(query_pre_attn_scalar))."""
     cfg, dt = self.cfg, jnp.dtype(self.cfg.dtype)
     q = _dot(u, self.wq[...], 'btd,dhl->bthl', dt)
     k = _dot(u, self.wk[...], 'btd,dhl->bthl', dt)
@@ -169,7 +226,10 @@ class Attention(nnx.Module):
     if cfg.qk_norm:
       q, k = self.q_norm(q), self.k_norm(k)
     if cfg.position == 'rope':
-      q, k = apply_rope(q, positions, cfg), apply_rope(k, positions, cfg)
+      freqs = self.freqs(kind)
+      q, k = apply_rope(q, positions, freqs), apply_rope(k, positions, freqs)
+    if cfg.query_pre_attn_scalar:
+      q = q * jnp.asarray((cfg.head_dim / cfg.query_pre_attn_scalar) ** 0.5, dt)
     q = sharding.constrain(q, ('act_batch', 'act_length', 'act_heads', 'act_kv'))
     return (checkpoint_name(q, 'query_proj'), checkpoint_name(k, 'key_proj'),
             checkpoint_name(v, 'value_proj'))
@@ -188,11 +248,13 @@ class Attention(nnx.Module):
       y = y + self.bo[...].astype(dt)
     return checkpoint_name(y, 'out_proj')
 
-  def __call__(self, u: Array, positions: Array, segment_ids: Array) -> Array:
+  def __call__(self, u: Array, positions: Array, segment_ids: Array, kind=None) -> Array:
     """Causal self-attention of u [b, t, d] within its packed segments, by the kernel
-    attention.choose picks (model.attention_kernel)."""
-    q, k, v = self.qkv(u, positions)
-    return self.project_out(attention.self_attention(q, k, v, segment_ids, self.cfg))
+    attention.choose picks (model.attention_kernel), with the window of the layer's kind."""
+    q, k, v = self.qkv(u, positions, kind)
+    out = by_kind(kind, lambda local: attention.self_attention(q, k, v, segment_ids,
+                                                               self.kind_cfgs[local]))
+    return self.project_out(out)
 
 
 GATED_MLPS = {'swiglu': jax.nn.silu, 'geglu': functools.partial(jax.nn.gelu, approximate=True)}
@@ -237,32 +299,46 @@ class MLP(nnx.Module):
 
 
 class Block(nnx.Module):
-  """Pre-norm block: x += Attn(N1(x)); x += MLP(N2(x))."""
+  """Pre-norm block: x += Attn(N1(x)); x += MLP(N2(x)). With post_norms (Gemma 2/3's
+  sandwich): x += Np1(Attn(N1(x))); x += Np2(MLP(N2(x)))."""
 
   def __init__(self, cfg: ml_collections.ConfigDict, *, rngs: nnx.Rngs):
     self.norm1 = Norm(cfg)
     self.attn = Attention(cfg, rngs=rngs)
     self.norm2 = Norm(cfg)
     self.mlp = MLP(cfg, rngs=rngs)
+    self.post_norms = cfg.post_norms
+    if cfg.post_norms:
+      self.post_attn_norm = Norm(cfg)
+      self.post_mlp_norm = Norm(cfg)
 
-  def attention_residual(self, x, positions, segment_ids):
-    return x + self.attn(self.norm1(x), positions, segment_ids)
+  def _attention_write(self, y):
+    return self.post_attn_norm(y) if self.post_norms else y
 
-  def __call__(self, x, positions, segment_ids):
-    x = self.attention_residual(x, positions, segment_ids)
+  def attention_residual(self, x, positions, segment_ids, kind=None):
+    return x + self._attention_write(self.attn(self.norm1(x), positions, segment_ids, kind))
+
+  def __call__(self, x, positions, segment_ids, kind=None):
+    x = self.attention_residual(x, positions, segment_ids, kind)
     return self.mlp_residual(x)
 
   def mlp_residual(self, x):
-    x = x + self.mlp(self.norm2(x))
+    y = self.mlp(self.norm2(x))
+    x = x + (self.post_mlp_norm(y) if self.post_norms else y)
     return sharding.constrain(x, ('act_batch', 'act_length', 'act_embed'))
 
-  def cached(self, x, positions, cache_k, cache_v, cache_mask, new_mask):
-    """The block over new tokens x [b, t, d] attending to the cache [b, S, hkv, l] (under
-    cache_mask [b, 1, 1, t, S]) and to each other (new_mask [b, 1, 1, t, t]). Returns
-    (x, the new tokens' keys, values) for the caller to write into the cache."""
-    q, k, v = self.attn.qkv(self.norm1(x), positions)
-    x = x + self.attn.attend(q, (cache_k, cache_v, cache_mask), (k, v, new_mask))
-    return self.mlp_residual(x), k, v
+  def cached(self, x, positions, cache_k, cache_v, masks, kind=None):
+    """The block over new tokens x [b, t, d] attending to the cache [b, S, hkv, l] and to
+    each other, under masks[local] = (over the cache [b, 1, 1, t, S], over the new tokens
+    [b, 1, 1, t, t]) for the layer's kind. Returns (x, the new tokens' keys, values) for the
+    caller to write into the cache."""
+    q, k, v = self.attn.qkv(self.norm1(x), positions, kind)
+    if kind is None or isinstance(kind, int):
+      cache_mask, new_mask = masks[bool(kind)]
+    else:
+      cache_mask, new_mask = (jnp.where(kind == 1, a, b) for a, b in zip(masks[1], masks[0]))
+    y = self.attn.attend(q, (cache_k, cache_v, cache_mask), (k, v, new_mask))
+    return self.mlp_residual(x + self._attention_write(y)), k, v
 
 
 class Transformer(nnx.Module):
@@ -311,36 +387,45 @@ class Transformer(nnx.Module):
     cfg = self.cfg
     x = self.embed_inputs(tokens, positions)
     graphdef, state = nnx.split(self.blocks)
+    kinds = layer_kinds(cfg)
 
-    def apply_block(x, layer_state):
-      return nnx.merge(graphdef, layer_state)(x, positions, segment_ids), None
+    def apply_block(x, layer_state, kind):
+      return nnx.merge(graphdef, layer_state)(x, positions, segment_ids, kind)
+
+    def remat(fn):
+      if cfg.remat == 'none':
+        return fn
+      return jax.checkpoint(fn, policy=REMAT_POLICIES[cfg.remat], prevent_cse=not scan)
 
     scan = scans_layers(cfg)
-    if cfg.remat != 'none':
-      apply_block = jax.checkpoint(apply_block, policy=REMAT_POLICIES[cfg.remat],
-                                   prevent_cse=not scan)
-    if scan:
-      x, _ = jax.lax.scan(apply_block, x, state)
-    else:
+    if scan:  # the kinds ride along as scan data (None: no pattern, nothing to carry)
+      step = remat(lambda x, layer: (apply_block(x, *layer), None))
+      x, _ = jax.lax.scan(step, x, (state, jnp.array(kinds, jnp.int32) if kinds else None))
+    else:  # unrolled, each layer's kind is a Python int: no cond
       for i in range(cfg.n_layers):
-        x, _ = apply_block(x, jax.tree.map(lambda a, i=i: a[i], state))
+        kind = kinds[i] if kinds else None
+        x = remat(functools.partial(apply_block, kind=kind))(
+            x, jax.tree.map(lambda a, i=i: a[i], state))
     return self.final_norm(x)
 
   def cached(self, tokens: Array, positions: Array, cache: dict, slot: Array,
-             cache_mask: Array, new_mask: Array) -> tuple[Array, dict]:
+             masks: tuple) -> tuple[Array, dict]:
     """Logits [b, t, V] of new tokens given a KV cache {'k', 'v'}: [layers, b, S, hkv, l],
     and the cache with their keys/values written at slots [slot, slot + t) (in place when
-    the caller donates it). guide_jax.infer.sampler builds the masks."""
+    the caller donates it). masks = ((cache, new-token) masks of a global layer, those of a
+    local one): guide_jax.infer.sampler builds them."""
     x = self.embed_inputs(tokens, positions)
     graphdef, state = nnx.split(self.blocks)
+    kinds = layer_kinds(self.cfg)
 
     def apply_block(x, layer):
-      layer_state, cache_k, cache_v = layer
+      layer_state, cache_k, cache_v, kind = layer
       x, k, v = nnx.merge(graphdef, layer_state).cached(x, positions, cache_k, cache_v,
-                                                        cache_mask, new_mask)
+                                                        masks, kind)
       return x, (k, v)
 
-    x, (k, v) = jax.lax.scan(apply_block, x, (state, cache['k'], cache['v']))
+    x, (k, v) = jax.lax.scan(apply_block, x, (state, cache['k'], cache['v'],
+                                              jnp.array(kinds, jnp.int32) if kinds else None))
     cache = {'k': jax.lax.dynamic_update_slice_in_dim(cache['k'], k.astype(cache['k'].dtype),
                                                       slot, 2),
              'v': jax.lax.dynamic_update_slice_in_dim(cache['v'], v.astype(cache['v'].dtype),
@@ -354,10 +439,11 @@ class Transformer(nnx.Module):
     return self.unembed[...]
 
   def logits_from_hidden(self, h: Array) -> Array:
-    """float32 logits [b, t, V]."""
+    """float32 logits [b, t, V] (soft-capped with final_logit_softcap)."""
     dt = jnp.dtype(self.cfg.dtype)
     logits = jnp.einsum('btd,dv->btv', h.astype(dt), self.output_kernel().astype(dt),
                         preferred_element_type=jnp.float32)
+    logits = attention.softcap(logits, self.cfg.final_logit_softcap)
     return sharding.constrain(logits, ('act_batch', 'act_length', 'act_vocab'))
 
   def __call__(self, tokens: Array, positions: Array, segment_ids: Array) -> Array:

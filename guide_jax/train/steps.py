@@ -107,7 +107,8 @@ def lm_objective(model_cfg: ml_collections.ConfigDict, z_loss: float,
     if chunk_len:
       return losses.chunked_output_sums(terms, hidden, model.output_kernel(),
                                         batch['targets'], batch['loss_weights'], chunk_len,
-                                        jnp.dtype(model_cfg.dtype))
+                                        jnp.dtype(model_cfg.dtype),
+                                        cap=model_cfg.final_logit_softcap)
     return terms(model.logits_from_hidden(hidden), None, batch['targets'],
                  batch['loss_weights'])
 
@@ -134,10 +135,12 @@ def distill_objective(student_cfg, teacher_cfg, loss: losses.DistillLoss,
       model = transformer.bind(teacher_cfg, teacher_params)
       teacher = jax.lax.stop_gradient(model.hidden(*tokens))
       w_teacher = jax.lax.stop_gradient(model.output_kernel())
-      teacher_chunk = lambda h: losses.output_logits(h, w_teacher, jnp.dtype(student_cfg.dtype))
+      teacher_chunk = lambda h: losses.output_logits(h, w_teacher, jnp.dtype(student_cfg.dtype),
+                                                     teacher_cfg.final_logit_softcap)
     if chunk_len:
       return loss.fused_sums(step, h_student, student.output_kernel(), batch, chunk_len,
-                             jnp.dtype(student_cfg.dtype), teacher, teacher_chunk, match)
+                             jnp.dtype(student_cfg.dtype), teacher, teacher_chunk, match,
+                             student_cfg.final_logit_softcap)
     if teacher is not None and teacher_cfg is not None:
       teacher = jax.lax.stop_gradient(model.logits_from_hidden(teacher))
     return loss.sums(step, student.logits_from_hidden(h_student), batch, teacher, match)

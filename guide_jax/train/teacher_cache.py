@@ -368,8 +368,9 @@ def top_k_fn(teacher_model: ml_collections.ConfigDict, top_k: int, temperature: 
   """(teacher params, batch) -> the cached fields [B, S, ...] of every target position.
   With chunk_len > 0 the [B, S, V] logits are computed chunk_len positions at a time."""
   dtype = jnp.dtype(teacher_model.dtype)
-  stats = lambda h, w, targets: cached_fields(losses.output_logits(h, w, dtype), targets,
-                                              top_k, temperature)
+  stats = lambda h, w, targets: cached_fields(
+      losses.output_logits(h, w, dtype, teacher_model.final_logit_softcap), targets, top_k,
+      temperature)
 
   def fn(params, batch):
     model = transformer.bind(teacher_model, params)
