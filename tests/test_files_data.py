@@ -196,6 +196,21 @@ def test_held_out_documents_when_no_eval_files(tmp_path, hf_tokenizer):
   assert len(valid.lengths) == sum(sources.split_of(k, 10) == 'validation' for k in keys)
 
 
+def kill_tokenizing_at(monkeypatch, n):
+  """cache.tokenize_shard that raises KeyboardInterrupt (a kill) at its n-th call; returns
+  (the real function, the list of calls' arguments)."""
+  real, calls = cache.tokenize_shard, []
+
+  def dies(*args):
+    calls.append(args)
+    if len(calls) == n:
+      raise KeyboardInterrupt
+    return real(*args)
+
+  monkeypatch.setattr(cache, 'tokenize_shard', dies)
+  return real, calls
+
+
 def test_interrupted_cache_build_resumes_to_the_same_bytes(tmp_path, hf_tokenizer, monkeypatch):
   for i in range(6):
     write_jsonl(tmp_path / f'part{i}.jsonl', TEXTS[i * 30:(i + 1) * 30])
@@ -204,15 +219,7 @@ def test_interrupted_cache_build_resumes_to_the_same_bytes(tmp_path, hf_tokenize
   monkeypatch.setattr(cache, 'SHARD_BYTES', 1)  # a shard per file
   whole = cache.build(source, vocab, tmp_path / 'c1', 'f', workers=1)
 
-  real, calls = cache.tokenize_shard, []
-
-  def dies_on_the_third(*args):
-    calls.append(args)
-    if len(calls) == 3:
-      raise KeyboardInterrupt
-    return real(*args)
-
-  monkeypatch.setattr(cache, 'tokenize_shard', dies_on_the_third)
+  real, calls = kill_tokenizing_at(monkeypatch, 3)
   with pytest.raises(KeyboardInterrupt):
     cache.build(source, vocab, tmp_path / 'c2', 'f', workers=1)
   partial = [p for p in os.listdir(tmp_path / 'c2' / 'tokens') if p.endswith('.partial')]
@@ -358,15 +365,7 @@ def test_a_large_compressed_jsonl_file_is_read_by_one_reader_in_batches_for_the_
   monkeypatch.setattr(cache, 'RANGE_BYTES', 1000)  # below the file's 1.3 kB
   (shard,) = cache.plan(source)
   assert shard.stream
-  real, calls = cache.tokenize_shard, []
-
-  def dies_on_the_fourth(*args):
-    calls.append(args)
-    if len(calls) == 4:
-      raise KeyboardInterrupt
-    return real(*args)
-
-  monkeypatch.setattr(cache, 'tokenize_shard', dies_on_the_fourth)
+  real, calls = kill_tokenizing_at(monkeypatch, 4)
   with pytest.raises(KeyboardInterrupt):
     cache.build(source, vocab, tmp_path / 'c2', 'f', workers=1)
   calls.clear()

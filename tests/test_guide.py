@@ -107,9 +107,9 @@ def test_rope_head_width_selection_keeps_teacher_frequencies(scaling):
   u_t = T.layer(0).norm1(T.embed_inputs(tokens, pos))
   u_s = S.layer(0).norm1(S.embed_inputs(tokens, pos))
   q_t = transformer.apply_rope(jnp.einsum('btd,dhl->bthl', u_t, tp['blocks']['attn']['wq'][0]),
-                               pos, t)
+                               pos, transformer.rope_frequencies(t.head_dim, t))
   q_s = transformer.apply_rope(jnp.einsum('btd,dhl->bthl', u_s, sp['blocks']['attn']['wq'][0]),
-                               pos, s)
+                               pos, transformer.rope_frequencies(s.head_dim, s))
   np.testing.assert_allclose(q_s, q_t[..., dims], atol=1e-4, rtol=1e-4)
 
 
