@@ -142,7 +142,9 @@ def _mean_logit_loss(m, batch):
   return lambda params: transformer.apply(m, params, batch).mean()
 
 
-@pytest.mark.parametrize('remat', sorted(set(transformer.REMAT_POLICIES) - {'none'}))
+@pytest.mark.parametrize('remat', [  # the dots policies: slow (full and MaxText's by default)
+    pytest.param(r, marks=pytest.mark.slow) if r.startswith('dots') else r
+    for r in sorted(set(transformer.REMAT_POLICIES) - {'none'})])
 def test_remat_policies_keep_the_gradients(remat):
   m = small_model()
   params = transformer.init_params(m, jax.random.key(4))
@@ -209,7 +211,7 @@ def gemma3_like(**overrides):
 def test_layer_pattern_is_scan_data_scanned_equals_unrolled():
   """The layer kinds ride through lax.scan as data (a lax.cond per layer between the local
   and the global kernel); unrolled, each layer's kind is a Python int. Forward and
-  gradients agree, with packed segments; and the pattern matters."""
+  gradients agree, with packed segments."""
   scanned = gemma3_like(scan_layers=True, unroll_on_cpu=False)
   unrolled = gemma3_like(scan_layers=True, unroll_on_cpu=True)
   params = jax.tree.map(lambda x: 3.0 * x, transformer.init_params(scanned, jax.random.key(0)))
@@ -225,6 +227,5 @@ def test_layer_pattern_is_scan_data_scanned_equals_unrolled():
   (a, ga), (b, gb) = loss(scanned)(params), loss(unrolled)(params)
   np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-5)
   jax.tree.map(lambda x, y: np.testing.assert_allclose(x, y, rtol=1e-5, atol=1e-5), ga, gb)
-  every_global = gemma3_like(layer_types='global,global,global')
-  logits = transformer.apply(unrolled, params, batch)
-  assert float(jnp.abs(transformer.apply(every_global, params, batch) - logits).max()) > 1e-2
+  # (that the kinds matter, their windows and RoPE bases, the parity tests against
+  # transformers show: tests/test_hf.py)

@@ -75,7 +75,8 @@ def greedy_by_full_forward(cfg, params, prompt, n):
 
 @pytest.mark.parametrize('variant,sharded', [  # the sharded runs cover the unsharded ones'
     pytest.param('learned-mha', False, marks=pytest.mark.slow), ('learned-mha', True),
-    pytest.param('rope-gqa', False, marks=pytest.mark.slow), ('rope-gqa', True),
+    pytest.param('rope-gqa', False, marks=pytest.mark.slow),
+    pytest.param('rope-gqa', True, marks=pytest.mark.slow),  # gemma3-local-global: rope, gqa
     ('rope-mqa-qk_norm-bias-geglu-offset', False),
     pytest.param('rope-window', False, marks=pytest.mark.slow),
     ('gemma3-local-global', False),  # windows in the local layer only; the slow one: all

@@ -20,7 +20,7 @@ def test_embedded_corpus_as_a_seqio_task(tiny_config):
   assert data.vocab_path == pipeline.build(tiny_config).vocab_path
 
 
-@pytest.mark.parametrize('task', ['c4_en', 'lm1b'])
+@pytest.mark.parametrize('task', ['c4_en', pytest.param('lm1b', marks=pytest.mark.slow)])
 def test_tfds_task_packs_and_resumes_exactly(tiny_config, task):
   tiny_config.data.tokenizer = pipeline.build(tiny_config).vocab_path  # embedded-trained
   tiny_config.data.backend = 'seqio'

@@ -52,6 +52,7 @@ def test_local_executor_runs_a_two_run_sweep_and_waits(tmp_path):
   assert finals[0]['eval/loss'] != finals[1]['eval/loss']  # the seed override reached the job
 
 
+@pytest.mark.slow  # ~8 s; the two-run sweep above covers the local executor
 def test_local_executor_reports_failed_runs(tmp_path):
   out = launch_seeds_locally(tmp_path, '--config.train.steps=0')
   assert out.returncode == 1, out.stderr[-3000:]
@@ -80,11 +81,11 @@ def test_dry_run_builds_cloud_executors_from_flags(tmp_path):
   assert 'cpu=12' in job['executor']
 
 
-@pytest.mark.parametrize('args, message', [
+@pytest.mark.parametrize('args, message', [  # one by default: the launcher's error path
     (['--sweep=nope'], "lm_tiny has no sweep 'nope'"),
-    (['--accelerator=tpu_v5p'], 'write RESOURCE=AMOUNT'),
-    (['--accelerator=b7=8'], "Unknown ResourceType 'b7'"),
-    (['--executor=vertex'], 'pass --image_tag='),
+    pytest.param(['--accelerator=tpu_v5p'], 'write RESOURCE=AMOUNT', marks=pytest.mark.slow),
+    pytest.param(['--accelerator=b7=8'], "Unknown ResourceType 'b7'", marks=pytest.mark.slow),
+    pytest.param(['--executor=vertex'], 'pass --image_tag=', marks=pytest.mark.slow),
 ])
 def test_bad_launch_exits_2_with_one_line(tmp_path, args, message):
   out = launch(tmp_path, '--config=experiments/lm_tiny.py', '--workdir=gs://bucket/x', *args)
