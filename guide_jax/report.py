@@ -178,18 +178,20 @@ def summarize(study: dict) -> dict:
           'arms': out_arms, 'verdicts': verdicts(study, teacher),
           'cached_vs_online': cached_vs_online(study, out_arms, teacher),
           'teacher_logits_caches': study.get('teacher_logits_caches', {}),
-          'eval_coverage': eval_coverage(study)}
+          **dict(zip(('eval_coverage', 'eval_rows_differ'), eval_coverage(study)))}
 
 
-def eval_coverage(study: dict) -> dict[str, int] | None:
-  """What one evaluation read (rows, tokens, documents of the split), when every run
-  recorded the same; runs from before it was recorded have none."""
+def eval_coverage(study: dict) -> tuple[dict[str, int] | None, bool]:
+  """(What one evaluation read: rows, tokens, documents of the split, when every run
+  recorded the same; whether the runs recorded different ones). Runs finished before
+  evaluation spread its rows over the split record none: a study resumed across that
+  change mixes two evaluations, which the report must say."""
   seen = {json.dumps({k[len('eval_coverage_'):]: v for k, v in r['final'].items()
                       if k.startswith('eval_coverage_')}, sort_keys=True)
           for seeds in study['arms'].values() for r in seeds.values()}
   if len(seen) != 1:
-    return None
-  return json.loads(seen.pop()) or None
+    return None, len(seen) > 1
+  return json.loads(seen.pop()) or None, False
 
 
 def _mean_curve(seeds: dict) -> dict[int, float]:
@@ -334,6 +336,11 @@ def markdown(study: dict, summary: dict, title: str) -> str:
               f'documents ({coverage["split_tokens"]:,} tokens).')
   elif coverage:
     covers = f' An evaluation reads {coverage["tokens"]:,} tokens.'
+  if summary.get('eval_rows_differ'):
+    covers += (' **The runs were not all evaluated on the same rows** (some finished before '
+               'evaluation spread its rows over the whole split, or with other data '
+               'settings): their eval losses do not compare; delete the older runs\' '
+               'final.json and rerun the study to evaluate them again.')
   lines += ['', f'Eval split: {_eval_split(study)}.{covers} Mean ± std over seeds; gap '
             f'closure paired with the baseline of the same seed.', '',
             '| arm | seeds | tokens | eval loss (nats/token) | bits/byte | ppl | gap closure '

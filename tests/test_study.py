@@ -147,13 +147,28 @@ def test_report_gap_closure_is_paired_by_seed(tmp_path):
   text = (tmp_path / 'report.md').read_text()
   assert 'GUIDE alone beats KD alone' in text and 'kd/seed2' in text  # unfinished is named
   assert 'kd 40 s.' in text
-  assert summary['eval_coverage'] == COVERAGE
+  assert summary['eval_coverage'] == COVERAGE and not summary['eval_rows_differ']
   assert ("An evaluation reads 2,048 tokens spread over 20 of the split's 25 documents "
           "(9,000 tokens).") in text
   assert 'teacher-logits cache seed0-k64-abc: 2 steps built in 12 s (1,000 tokens/s' in text
   assert (tmp_path / 'loss_curves.png').stat().st_size > 1000
   assert (tmp_path / 'gap_closure.png').stat().st_size > 1000
   assert json.loads((tmp_path / 'summary.json').read_text()) == summary
+
+
+def test_report_says_when_runs_were_evaluated_on_different_rows(tmp_path):
+  """A study resumed across the change to evenly spread evaluation rows mixes runs that
+  recorded no coverage with runs that did: the report must not compare them silently."""
+  for name in ('baseline/seed0', 'guide/seed0'):
+    _fake_run(tmp_path, name, [5.0, 4.0])
+  final = tmp_path / 'guide' / 'seed0' / 'final.json'
+  final.write_text(json.dumps({k: v for k, v in json.loads(final.read_text()).items()
+                               if not k.startswith('eval_coverage_')}))
+  (tmp_path / 'study.json').write_text(json.dumps(
+      {'config': 'x.py', 'sweep': 'main', 'runs': {'baseline/seed0': {}, 'guide/seed0': {}}}))
+  summary = report.write(tmp_path)
+  assert summary['eval_rows_differ'] and summary['eval_coverage'] is None
+  assert 'The runs were not all evaluated on the same rows' in (tmp_path / 'report.md').read_text()
 
 
 def _curve_run(root, name, curve, teacher=2.0, params=1000):
