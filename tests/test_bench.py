@@ -59,6 +59,7 @@ def test_bench_reports_every_arm_and_the_pytorch_peer_as_json():
     assert p['torch_tokens_per_sec'] > 0 and p['torch_mfu'] > 0
 
 
+@pytest.mark.slow  # ~6 s; test_cli's every-command check has bench's bad --arms
 def test_bench_without_teacher_or_bad_arm_exits_2():
   out = run_bench('--config=experiments/lm_tiny.py', '--steps=1')
   assert out.returncode == 2 and 'teacher' in out.stderr.strip().splitlines()[-1]

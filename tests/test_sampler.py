@@ -77,7 +77,8 @@ def greedy_by_full_forward(cfg, params, prompt, n):
     pytest.param('learned-mha', False, marks=pytest.mark.slow), ('learned-mha', True),
     pytest.param('rope-gqa', False, marks=pytest.mark.slow),
     pytest.param('rope-gqa', True, marks=pytest.mark.slow),  # gemma3-local-global: rope, gqa
-    ('rope-mqa-qk_norm-bias-geglu-offset', False),
+    # gemma3-local-global covers rope, gqa, q/k norms, geglu and the 1 + w gains by default
+    pytest.param('rope-mqa-qk_norm-bias-geglu-offset', False, marks=pytest.mark.slow),
     pytest.param('rope-window', False, marks=pytest.mark.slow),
     ('gemma3-local-global', False),  # windows in the local layer only; the slow one: all
     pytest.param('gemma3-local-global', True, marks=pytest.mark.slow)])
