@@ -13,7 +13,7 @@ from guide_jax import errors, sharding
 from guide_jax.models import attention
 from guide_jax.models.transformer import REMAT_POLICIES
 from guide_jax.data import sources
-from guide_jax.losses import loss_config
+from guide_jax.losses import KD_KINDS, loss_config
 
 
 ConfigError = errors.ConfigError  # raised here, and by every module that reads the config
@@ -323,6 +323,7 @@ def validate(c: ml_collections.ConfigDict, num_devices: int, num_processes: int 
   _require(chunk in (-1, 0) or (chunk > 0 and d.seq_len % chunk == 0),
            f'loss.chunk_len={chunk} must be -1 (auto), 0 (off) or divide '
            f'data.seq_len={d.seq_len}')
+  validate_on_policy(c)
   try:
     dcn = sharding.resolve_dcn_shape(c.mesh, num_slices)
     mesh_shape = sharding.resolve_mesh_shape(c.mesh, num_devices // num_slices)
@@ -405,6 +406,44 @@ def validate_guide(c: ml_collections.ConfigDict) -> None:
   _require(g.init != 'none' or (match.value == 0 and match.end_value == 0),
            "loss.match > 0 with guide.init='none' pulls toward nothing; set guide.init to "
            "'embeddings' or 'blocks', or loss.match.value=0")
+
+
+def validate_on_policy(c: ml_collections.ConfigDict) -> None:
+  """loss.on_policy (train/on_policy.py): a prompt and its sample fit one row, and a
+  teacher that runs is there to grade them."""
+  op = c.loss.on_policy
+  _require(0 <= op.fraction <= 1, f'loss.on_policy.fraction={op.fraction} must be in [0, 1] '
+           f'(the share of each batch the student samples; 0: KD on data only)')
+  _require(op.kind in KD_KINDS, f'loss.on_policy.kind={op.kind!r} must be one of {KD_KINDS}')
+  _require(0 < op.beta < 1, f'loss.on_policy.beta={op.beta} must be in (0, 1)')
+  _require(op.temperature >= 0, f'loss.on_policy.temperature={op.temperature} must be >= 0 '
+           f'(0: greedy)')
+  _require(0 < op.top_p <= 1, f'loss.on_policy.top_p={op.top_p} must be in (0, 1] (1: off)')
+  _require(op.eval_batches > 0, f'loss.on_policy.eval_batches={op.eval_batches} must be '
+           f'positive')
+  _require(op.prompt_len >= 0 and op.new_tokens >= 0,
+           f'loss.on_policy.prompt_len={op.prompt_len} and new_tokens={op.new_tokens} must '
+           f'be >= 0')
+  if op.fraction == 0 and op.new_tokens == 0:
+    return
+  _require(op.prompt_len > 0 and op.new_tokens > 0,
+           f'loss.on_policy needs prompt_len > 0 and new_tokens > 0 to sample (got '
+           f'{op.prompt_len} and {op.new_tokens})')
+  total = op.prompt_len + op.new_tokens
+  _require(total <= c.data.seq_len,
+           f'loss.on_policy.prompt_len + new_tokens = {total} exceeds data.seq_len='
+           f'{c.data.seq_len}: a prompt and its sample must fit one row; lower them')
+  _require(total <= c.model.max_len,
+           f'loss.on_policy.prompt_len + new_tokens = {total} exceeds model.max_len='
+           f'{c.model.max_len}; lower them')
+  _require(bool(c.teacher.checkpoint or c.teacher.pretrain) and not c.teacher.logits_dir,
+           'loss.on_policy samples from the student for a teacher to grade: it needs '
+           'teacher.checkpoint or teacher.pretrain, and no teacher.logits_dir (a cache holds '
+           'no logits for new samples); set loss.on_policy.fraction=0 and new_tokens=0')
+  kd = c.loss.kd
+  _require(op.fraction == 0 or kd.value > 0 or (kd.kind != 'constant' and kd.end_value > 0),
+           f'loss.on_policy.fraction={op.fraction} weights its rows by w_kd(t), which '
+           f'loss.kd makes 0 everywhere; set loss.kd.value > 0')
 
 
 def guide_config() -> ml_collections.ConfigDict:

@@ -60,6 +60,44 @@ def divergence(log_t: jax.Array, log_s: jax.Array, kind: str, beta: float) -> ja
   raise ValueError(f'loss.kd_kind={kind!r} must be one of {KD_KINDS}')
 
 
+# --- on-policy distillation: the student's own samples, graded by the teacher ------------
+
+
+def on_policy_sums(student_logits: jax.Array, teacher_logits: jax.Array, targets: jax.Array,
+                   weights: jax.Array, kind: str, beta: float) -> dict[str, jax.Array]:
+  """Weighted sums over sampled positions (train/on_policy.py builds the rows: `targets`
+  are the student's samples, `weights` 1 up to and including a row's first EOS):
+    on_policy_loss         divergence `kind` (beta for jsd) between the two full
+                           distributions at temperature 1: what the student minimises
+    on_policy_kl           KL(p_S || p_T), per-token reverse KL, whatever `kind` trains
+    on_policy_teacher_nll  -log p_T(sample): how likely the teacher finds the samples
+    on_policy_weight       the sampled positions counted
+  The samples are data here: nothing differentiates through how they were drawn."""
+  log_s = jax.nn.log_softmax(student_logits.astype(jnp.float32), axis=-1)
+  log_t = jax.nn.log_softmax(teacher_logits.astype(jnp.float32), axis=-1)
+  reverse = divergence(log_t, log_s, 'reverse_kl', beta)
+  loss = reverse if kind == 'reverse_kl' else divergence(log_t, log_s, kind, beta)
+  nll = -jnp.take_along_axis(log_t, targets[..., None], axis=-1)[..., 0]
+  return {'on_policy_loss': jnp.sum(loss * weights), 'on_policy_kl': jnp.sum(reverse * weights),
+          'on_policy_teacher_nll': jnp.sum(nll * weights),
+          'on_policy_weight': jnp.sum(weights)}
+
+
+def on_policy_config() -> ml_collections.ConfigDict:
+  """loss.on_policy: the share of each batch whose continuation the student samples
+  (train/on_policy.py). Off (fraction 0, new_tokens 0) by default."""
+  c = ml_collections.ConfigDict()
+  c.fraction = 0.0        # share of each batch's rows made on-policy; 0 = KD on data only
+  c.prompt_len = 0        # a row's first document's first prompt_len tokens prompt it
+  c.new_tokens = 0        # tokens the student samples after the prompt (> 0: also evaluated)
+  c.temperature = 1.0     # sampling temperature (0: greedy); the loss is at temperature 1
+  c.top_p = 1.0           # nucleus sampling (1.0: off)
+  c.kind = 'reverse_kl'   # 'reverse_kl', 'forward_kl' or 'jsd' per sampled token
+  c.beta = 0.5            # jsd: the teacher's weight in the mixture
+  c.eval_batches = 4      # eval/on_policy_kl samples from the first N fixed eval batches
+  return c
+
+
 # --- KD from a cached teacher: its top-k logits and what lies outside them ------------------
 
 # Per-position fields of a batch read from a teacher-logits cache (train/teacher_cache.py).
@@ -153,6 +191,7 @@ def loss_config() -> ml_collections.ConfigDict:
   # chunk_len sequence positions at a time (and again in the backward), never whole.
   # -1 = auto (256 when data.seq_len is a larger multiple of it), 0 = off, N = N positions.
   c.chunk_len = -1
+  c.on_policy = on_policy_config()
   return c
 
 
@@ -206,7 +245,7 @@ def chunked_output_sums(per_chunk, h_student, w_student, targets, weights, chunk
     t = None if t is None else jax.lax.stop_gradient(teacher_chunk(t))
     return per_chunk(output_logits(hs, ws, dtype, cap), t, tg, wt)
 
-  rest = (jax.tree.map(split, teacher), split(targets), split(weights))
+  rest = (jax.tree.map(split, teacher), split(targets), jax.tree.map(split, weights))
 
   def scan(body, init, hs):
     return jax.lax.scan(body, init, (split(hs),) + rest)
@@ -271,9 +310,19 @@ class DistillLoss:
   def logit_sums(self, step, student_logits, teacher, targets, weights):
     """(weighted loss sum, metric sums) of the logit terms (CE, z-loss, KD) of any set of
     tokens: a whole micro-batch, or one chunk of the fused output layer. `teacher` is the
-    teacher's logits, its cached top-k (a dict, CACHED_TEACHER_FIELDS), or None."""
+    teacher's logits, its cached top-k (a dict, CACHED_TEACHER_FIELDS), or None.
+    `weights` is one array, or (data weights, on-policy weights) when some rows hold the
+    student's samples (`weighted`): those get w_kd(t) times the on-policy divergence and
+    no CE, z-loss or KD on data."""
+    on_policy = None
+    if isinstance(weights, tuple):
+      weights, on_policy = weights
     sums = cross_entropy_sums(student_logits, targets, weights)
     loss = self.w_ce(step) * sums['ce'] + self.z_loss * sums['z']
+    if on_policy is not None:
+      sums.update(on_policy_sums(student_logits, teacher, targets, on_policy,
+                                 self.cfg.on_policy.kind, self.cfg.on_policy.beta))
+      loss += self.w_kd(step) * sums['on_policy_loss']
     if teacher is None:
       return loss, sums
     kd_args = (self.cfg.temperature, self.cfg.kd_kind, self.cfg.jsd_beta)
@@ -294,7 +343,7 @@ class DistillLoss:
   def sums(self, step, student_logits, batch, teacher=None, match=None):
     """(weighted loss sum, metric sums) for one (micro-)batch."""
     loss, sums = self.logit_sums(step, student_logits, teacher, batch['targets'],
-                                 batch['loss_weights'])
+                                 weighted(batch))
     return self.add_match(step, loss, sums, match)
 
   def fused_sums(self, step, h_student, w_student, batch, chunk_len, dtype, teacher=None,
@@ -302,13 +351,27 @@ class DistillLoss:
     """`sums` with the output layer fused into the loss (chunked_output_sums)."""
     loss, sums = chunked_output_sums(
         lambda zs, t, tg, wt: self.logit_sums(step, zs, t, tg, wt), h_student, w_student,
-        batch['targets'], batch['loss_weights'], chunk_len, dtype, teacher, teacher_chunk, cap)
+        batch['targets'], weighted(batch), chunk_len, dtype, teacher, teacher_chunk, cap)
     return self.add_match(step, loss, sums, match)
 
   def add_match(self, step, loss, sums, match):
     if match is not None:
       # MATCH is per step, not per token: weight it by this micro-batch's share of tokens
       # so that the step's division by the total weight leaves w_match * MATCH.
-      sums['match'] = match * sums['weight']
-      loss += self.w_match(step) * match * sums['weight']
+      share = sums['weight'] + sums['on_policy_weight'] if 'on_policy_weight' in sums \
+          else sums['weight']
+      sums['match'] = match * share
+      loss += self.w_match(step) * match * share
     return loss, sums
+
+
+ON_POLICY = 'on_policy'  # batch field [B, S]: 1.0 on the rows holding the student's samples
+
+
+def weighted(batch: dict):
+  """A batch's loss weights: one array, or (data weights, on-policy weights) when it has
+  on-policy rows. Multiplying by exact 0/1 masks leaves the data rows' weights bitwise."""
+  if ON_POLICY not in batch:
+    return batch['loss_weights']
+  mask = batch[ON_POLICY]
+  return batch['loss_weights'] * (1.0 - mask), batch['loss_weights'] * mask

@@ -100,6 +100,63 @@ def layer_masks(cfg: ml_collections.ConfigDict, slots: jax.Array, pad: jax.Array
   return (masks(slots, pad, size) if cfg.layer_types else local), local
 
 
+CACHE_AXES = (None, 'act_batch', None, 'act_heads', None)  # [layers, b, slots, kv, head]
+
+
+def step_functions(cfg: ml_collections.ConfigDict, eos_id: int, prompt_len: int, size: int,
+                   sampling: Sampling):
+  """(prefill, decode), unjitted: what Sampler.generate jits one by one, and `sample`
+  runs inside a caller's jit.
+    prefill(params, tokens [b, P], pad [b], key) -> (first new token [b], cache)
+    decode(params, cache, token [b], slot, pad, done [b], key) -> (token, cache, done)"""
+  pick = functools.partial(choose, temperature=sampling.temperature, top_k=sampling.top_k,
+                           top_p=sampling.top_p)
+  dtype = jnp.dtype(cfg.dtype)
+  cache_shape = lambda b: (cfg.n_layers, b, size, cfg.n_kv_heads, cfg.head_dim)
+
+  def prefill(params, tokens, pad, key):
+    cache = {n: sharding.constrain(jnp.zeros(cache_shape(tokens.shape[0]), dtype), CACHE_AXES)
+             for n in ('k', 'v')}
+    slots = jnp.arange(prompt_len)
+    positions = jnp.maximum(slots[None, :] - pad[:, None], 0)
+    model = transformer.bind(cfg, params)
+    logits, cache = model.cached(tokens, positions, cache, 0,
+                                 layer_masks(cfg, slots, pad, size))
+    return pick(logits[:, -1], key), cache
+
+  def decode(params, cache, token, slot, pad, done, key):
+    positions = (slot - pad)[:, None]
+    model = transformer.bind(cfg, params)
+    logits, cache = model.cached(token[:, None], positions, cache, slot,
+                                 layer_masks(cfg, slot[None], pad, size))
+    new = pick(logits[:, -1], key)
+    new = jnp.where(done, eos_id, new)
+    return new, cache, done | (new == eos_id)
+
+  return prefill, decode
+
+
+def sample(cfg: ml_collections.ConfigDict, params: dict, tokens: jax.Array, pad: jax.Array,
+           key: jax.Array, eos_id: int, sampling: Sampling) -> jax.Array:
+  """All `sampling.max_new_tokens` new tokens [b, N] of left-padded prompts `tokens` [b, P]
+  (row b's first pad[b] slots are padding), traced inside the caller's jit: prefill, then
+  a lax.scan of decode steps (no early stop: a row emits EOS after its first). The draws
+  are Sampler.generate's (new token k from fold_in(key, k)), so a prompt gets the tokens
+  generate gives it with jax.random.key(seed) as `key`."""
+  prompt_len, n = tokens.shape[1], sampling.max_new_tokens
+  prefill, decode = step_functions(cfg, eos_id, prompt_len, prompt_len + n, sampling)
+  token, cache = prefill(params, tokens, pad, jax.random.fold_in(key, 0))
+
+  def body(carry, k):
+    token, cache, done = carry
+    token, cache, done = decode(params, cache, token, prompt_len + k - 1, pad, done,
+                                jax.random.fold_in(key, k))
+    return (token, cache, done), token
+
+  _, rest = jax.lax.scan(body, (token, cache, token == eos_id), jnp.arange(1, n))
+  return jnp.concatenate([token[:, None], rest.T], axis=1)
+
+
 class Sampler:
   """Generates from `params` (placed on `mesh`) of the model `model_cfg`."""
 
@@ -118,30 +175,9 @@ class Sampler:
       return self._compiled[key]
     cfg = self.cfg
     cache_shape = (cfg.n_layers, batch, size, cfg.n_kv_heads, cfg.head_dim)
-    cache_sharding = self._sharding((None, 'act_batch', None, 'act_heads', None), cache_shape)
+    cache_sharding = self._sharding(CACHE_AXES, cache_shape)
     rows = self._sharding(('act_batch',), (batch,))
-    pick = functools.partial(choose, temperature=sampling.temperature, top_k=sampling.top_k,
-                             top_p=sampling.top_p)
-    dtype = jnp.dtype(cfg.dtype)
-
-    def prefill(params, tokens, pad, key):
-      cache = {n: jnp.zeros(cache_shape, dtype) for n in ('k', 'v')}
-      slots = jnp.arange(prompt_len)
-      positions = jnp.maximum(slots[None, :] - pad[:, None], 0)
-      model = transformer.bind(cfg, params)
-      logits, cache = model.cached(tokens, positions, cache, 0,
-                                   layer_masks(cfg, slots, pad, size))
-      return pick(logits[:, -1], key), cache
-
-    def decode(params, cache, token, slot, pad, done, key):
-      positions = (slot - pad)[:, None]
-      model = transformer.bind(cfg, params)
-      logits, cache = model.cached(token[:, None], positions, cache, slot,
-                                   layer_masks(cfg, slot[None], pad, size))
-      new = pick(logits[:, -1], key)
-      new = jnp.where(done, self.eos_id, new)
-      return new, cache, done | (new == self.eos_id)
-
+    prefill, decode = step_functions(cfg, self.eos_id, prompt_len, size, sampling)
     cache_shardings = {'k': cache_sharding, 'v': cache_sharding}
     functions = (
         jax.jit(prefill, out_shardings=(rows, cache_shardings)),

@@ -17,6 +17,7 @@ STEP, TOKENS = 'step', 'tokens'
 TRAIN_LOSS, EVAL_LOSS, EVAL_PPL = 'train/loss', 'eval/loss', 'eval/ppl'
 EVAL_BPB = 'eval/bits_per_byte'  # eval/loss in bits over the UTF-8 bytes of the text
 TOKENS_PER_SEC, STEP_TIME, MFU = 'perf/tokens_per_sec', 'perf/step_time_s', 'perf/mfu'
+SAMPLE_TIME = 'perf/sample_time_s'  # on-policy sampling per step, within perf/step_time_s
 
 
 def _records_up_to(text: str, step: int) -> str:
@@ -118,7 +119,12 @@ class PerfMeter:
     self.restart()
 
   def restart(self) -> None:
-    self._start, self._steps = time.perf_counter(), 0
+    self._start, self._steps, self._sample_s = time.perf_counter(), 0, 0.0
+
+  def sampled(self, seconds: float) -> None:
+    """Time a step spent sampling the student's rows (on-policy distillation), part of
+    its step time: reported as perf/sample_time_s per step."""
+    self._sample_s += seconds
 
   def seconds(self) -> float:
     return time.perf_counter() - self._start
@@ -133,8 +139,11 @@ class PerfMeter:
       return {}
     step_time = self.seconds() / self._steps
     budget = self.peak * step_time
+    out = {STEP_TIME: step_time, TOKENS_PER_SEC: self.tokens_per_step / step_time,
+           MFU: (self.student_flops + self.teacher_flops) / budget,
+           'perf/mfu_student': self.student_flops / budget,
+           'perf/mfu_teacher': self.teacher_flops / budget}
+    if self._sample_s:
+      out[SAMPLE_TIME] = self._sample_s / self._steps
     self.restart()
-    return {STEP_TIME: step_time, TOKENS_PER_SEC: self.tokens_per_step / step_time,
-            MFU: (self.student_flops + self.teacher_flops) / budget,
-            'perf/mfu_student': self.student_flops / budget,
-            'perf/mfu_teacher': self.teacher_flops / budget}
+    return out

@@ -29,9 +29,10 @@ from etils import epath
 from guide_jax import config as config_lib
 from guide_jax import guide, losses, paths, sharding
 from guide_jax.data import packing, pipeline
+from guide_jax.data import tokenizer as tokenizer_lib
 from guide_jax.models import transformer
-from guide_jax.train import (checkpointing, flops, nonfinite, optimizer, preflight, steps,
-                             teacher_cache)
+from guide_jax.train import (checkpointing, flops, nonfinite, on_policy, optimizer, preflight,
+                             steps, teacher_cache)
 from guide_jax.train import teacher as teacher_lib
 from guide_jax.train import metrics as metrics_lib
 
@@ -68,11 +69,22 @@ def _closing_on_divergence(ckpt, writer):
 
 
 def _reduce(sums: dict[str, float], prefix: str) -> dict[str, float]:
-  """Weighted sums -> per-token means named `prefix/...`."""
+  """Weighted sums -> per-token means named `prefix/...`: data tokens' terms per data
+  token, on-policy terms per sampled token, MATCH (per step) per token of either."""
+  out = {}
+  if 'on_policy_weight' in sums:  # a batch with on-policy rows (train/on_policy.py)
+    w = max(sums['on_policy_weight'], 1.0)
+    out[f'{prefix}/on_policy_kl'] = sums['on_policy_kl'] / w
+    out[f'{prefix}/sample_teacher_nll'] = sums['on_policy_teacher_nll'] / w
+    if 'match' in sums:
+      out[f'{prefix}/match'] = sums['match'] / max(sums['weight'] + sums['on_policy_weight'],
+                                                   1.0)
+    if not sums['weight']:  # every row on-policy: no data token to report on
+      return out
   w = max(sums['weight'], 1.0)
-  out = {f'{prefix}/ce': sums['ce'] / w, f'{prefix}/accuracy': sums['correct'] / w}
+  out.update({f'{prefix}/ce': sums['ce'] / w, f'{prefix}/accuracy': sums['correct'] / w})
   for name in ('z', 'kd', 'teacher_ce', 'agreement', 'match'):
-    if name in sums:
+    if name in sums and f'{prefix}/{name}' not in out:
       out[f'{prefix}/{"z_loss" if name == "z" else name}'] = sums[name] / w
   return out
 
@@ -239,7 +251,8 @@ def train(config: ml_collections.ConfigDict, workdir: str | os.PathLike, *,
     # 7. Compile: explicit shardings, the state donated so params update in place; the
     #    teacher and theta_hat are inputs, never outputs (no gradient, no optimizer state).
     chunk_len = losses.resolve_chunk_len(cfg.loss.chunk_len, cfg.data.seq_len)
-    batch_fields = packing.FIELDS + (losses.CACHED_TEACHER_FIELDS if cached else ())
+    batch_fields = (packing.FIELDS + (losses.CACHED_TEACHER_FIELDS if cached else ()) +
+                    ((losses.ON_POLICY,) if on_policy.trains(cfg) else ()))
     batch_shardings = {k: sharding.batch_sharding(mesh, rules) for k in batch_fields}
     if distill:
       loss = losses.DistillLoss(cfg.loss, cfg.train.steps, cfg.train.z_loss)
@@ -256,6 +269,30 @@ def train(config: ml_collections.ConfigDict, workdir: str | os.PathLike, *,
                             for k in data.eval_batches[0]}
     eval_step = jax.jit(steps.make_eval_step(objective),
                         in_shardings=(param_shardings, eval_batch_shardings, *extra_shardings))
+
+    # 7b. On-policy distillation (train/on_policy.py): the student's rows are sampled in a
+    #     jit of their own before each step (its output is the step's input, so no gradient
+    #     reaches the sampling), and evaluations grade the student's samples.
+    sample_step = on_policy_eval = None
+    if on_policy.trains(cfg) or (distill and on_policy.evaluates(cfg)):
+      eos_id = tokenizer_lib.load(data.vocab_path).eos_id if data.vocab_path else -1
+      data_shardings = {k: batch_shardings[k] for k in packing.FIELDS}
+      if on_policy.trains(cfg):
+        sample_step = jax.jit(on_policy.make_sample_step(cfg, eos_id),
+                              in_shardings=(param_shardings, data_shardings,
+                                            sharding.replicated(mesh)),
+                              out_shardings=batch_shardings)
+      if distill and on_policy.evaluates(cfg):
+        on_policy_eval = jax.jit(on_policy.make_eval_step(cfg, teacher.model, eos_id, chunk_len),
+                                 in_shardings=(param_shardings, data_shardings,
+                                               teacher.shardings))
+
+    def evaluate_all(params) -> dict[str, float]:
+      scores = evaluate(eval_step, params, data.eval_batches, mesh, rules, extra)
+      if on_policy_eval is not None:
+        scores.update(on_policy.evaluate(on_policy_eval, params, data.eval_batches,
+                                         teacher.params, cfg.loss.on_policy, mesh, rules))
+      return scores
 
     # 8. Train.
     writer = metrics_lib.MetricsWriter(workdir, cfg.train.steps, start_step,
@@ -298,7 +335,7 @@ def train(config: ml_collections.ConfigDict, workdir: str | os.PathLike, *,
     step = start_step
     interrupted = False
     if start_step == 0 and cfg.train.eval_at_start:
-      last_eval = evaluate(eval_step, state['params'], data.eval_batches, mesh, rules, extra)
+      last_eval = evaluate_all(state['params'])
       writer.write(0, {metrics_lib.TOKENS: 0, **last_eval})
     perf.restart()
     with _StopSignal() as stop, _closing_on_divergence(ckpt, writer):
@@ -307,6 +344,11 @@ def train(config: ml_collections.ConfigDict, workdir: str | os.PathLike, *,
         if cache is not None:  # the teacher's top-k for this step's rows
           local = {**local, **cache.read(step)}
         batch = sharding.global_batch_from_local(local, mesh, rules)
+        if sample_step is not None:  # the student writes its rows with this step's params
+          jax.block_until_ready(state['params'])  # time the sampling, not the step before
+          started = time.perf_counter()
+          batch = jax.block_until_ready(sample_step(state['params'], batch, state['step']))
+          perf.sampled(time.perf_counter() - started)
         state, step_metrics = train_step(state, batch, *extra)
         pending.append(step_metrics)
         step += 1
@@ -336,8 +378,7 @@ def train(config: ml_collections.ConfigDict, workdir: str | os.PathLike, *,
           raise nonfinite.NonFiniteError(why)
 
         if step % cfg.train.eval_every == 0 or step == cfg.train.steps:
-          last_eval = evaluate(eval_step, state['params'], data.eval_batches, mesh, rules,
-                               extra)
+          last_eval = evaluate_all(state['params'])
           writer.write(step, {metrics_lib.TOKENS: step * tokens_per_step, **last_eval})
           perf.restart()  # eval time is not train step time
 
@@ -352,7 +393,7 @@ def train(config: ml_collections.ConfigDict, workdir: str | os.PathLike, *,
         raise nonfinite.NonFiniteError(why)
 
     if not last_eval and not interrupted:  # resumed a finished run: still report its eval
-      last_eval = evaluate(eval_step, state['params'], data.eval_batches, mesh, rules, extra)
+      last_eval = evaluate_all(state['params'])
 
     # 9. Final checkpoint: at the end, and when preempted between intervals.
     ckpt.save(step, state, data.train.get_state(), meta, final=True)
