@@ -10,6 +10,11 @@ Arms (one compiled train step each, on the config's student, mesh and batch):
   guide_match     GUIDE init, CE + MATCH
   kd              random init, CE + KD (teacher forward in the step)
   guide_match_kd  GUIDE init, CE + KD + MATCH
+and, only when --arms names them (loss.on_policy's prompt_len and new_tokens, or half the
+sequence each when the config leaves them 0; train/on_policy.py):
+  on_policy       random init, every row the student's sample, graded by the teacher
+  mixed           random init, half the rows on-policy, half CE + KD on data
+Their step is the sampling (one jit, timed apart as sample_time_s) and then the train step.
 The teacher is the config's teacher architecture (guide_jax.train.teacher.model_config)
 with random weights: timing does not depend on its values. Batches
 are synthetic. After a warm-up step, the arms run interleaved, round by round, so that
@@ -42,6 +47,7 @@ ARMS = {  # arm: (GUIDE init, KD weight, MATCH weight)
     # baseline is what the guard costs.
     'baseline_unguarded': (False, 0.0, 0.0),
 }
+ON_POLICY_ARMS = {'on_policy': 1.0, 'mixed': 0.5}  # arm: loss.on_policy.fraction (KD arms)
 
 
 # Which PyTorch peer step (benchmarks/torch_peer.py) each arm is compared with, and the
@@ -137,12 +143,16 @@ def run_arms(cfg, rounds: int, arms: list[str], log=print, peer=None) -> dict:
       peers = {arm: peer_steps[kind] for arm, kind in PEER_STEPS.items() if arm in arms}
       for arm, step in peers.items():
         step()  # warm-up
-    compiled, states, results = {}, {}, {}
+    compiled, states, results, samplers = {}, {}, {}, {}
     for arm in arms:
-      use_guide, w_kd, w_match = ARMS[arm]
+      use_guide, w_kd, w_match = ARMS.get(arm, (False, 1.0, 0.0))
       loss_cfg = cfg.loss.copy_and_resolve_references()
       loss_cfg.kd = losses.weight_config(w_kd)
       loss_cfg.match = losses.weight_config(w_match)
+      arm_batch = batch
+      if arm in ON_POLICY_ARMS:
+        samplers[arm] = on_policy_sampler(cfg, ON_POLICY_ARMS[arm], p_shardings, mesh, rules)
+        loss_cfg.on_policy = samplers[arm].cfg.loss.on_policy
       loss = losses.DistillLoss(loss_cfg, cfg.train.steps)
       objective = steps.distill_objective(
           s_model, t_model, loss, layers,
@@ -156,10 +166,13 @@ def run_arms(cfg, rounds: int, arms: list[str], log=print, peer=None) -> dict:
           params = guide.apply(params, theta_hat, layers)
         return steps.new_state(params, tx)
       states[arm] = jax.jit(init, out_shardings=state_shardings)(jax.random.key(0))
+      if arm in samplers:  # compile and warm the sampling, then the step on its rows
+        arm_batch = samplers[arm](states[arm], batch)
       start = time.perf_counter()
-      compiled[arm] = step_fn.lower(states[arm], batch, teacher_params, theta_hat).compile()
+      compiled[arm] = step_fn.lower(states[arm], arm_batch, teacher_params, theta_hat).compile()
       compile_s = time.perf_counter() - start
-      states[arm], _ = compiled[arm](states[arm], batch, teacher_params, theta_hat)  # warm-up
+      states[arm], _ = compiled[arm](states[arm], arm_batch, teacher_params,
+                                     theta_hat)  # warm-up
       jax.block_until_ready(states[arm])
       results[arm] = {'compile_s': compile_s, **_memory(compiled[arm]), 'times': []}
       log(f'{arm}: compiled in {compile_s:.1f}s')
@@ -167,7 +180,12 @@ def run_arms(cfg, rounds: int, arms: list[str], log=print, peer=None) -> dict:
     for _ in range(rounds):  # interleaved rounds
       for arm in arms:
         start = time.perf_counter()
-        states[arm], metrics = compiled[arm](states[arm], batch, teacher_params, theta_hat)
+        arm_batch = batch
+        if arm in samplers:  # as the trainer does: sample with this step's params
+          arm_batch = jax.block_until_ready(samplers[arm](states[arm], batch))
+          results[arm].setdefault('sample_times', []).append(time.perf_counter() - start)
+        states[arm], metrics = compiled[arm](states[arm], arm_batch, teacher_params,
+                                             theta_hat)
         jax.block_until_ready((states[arm], metrics))
         results[arm]['times'].append(time.perf_counter() - start)
         if arm in peers:
@@ -183,11 +201,14 @@ def run_arms(cfg, rounds: int, arms: list[str], log=print, peer=None) -> dict:
   for arm in arms:
     r = results.pop(arm)
     step_time = statistics.median(r.pop('times'))
-    arm_flops = student_flops + (teacher_flops if ARMS[arm][1] else 0.0)
+    arm_flops = student_flops + (teacher_flops if ARMS.get(arm, (0, 1.0))[1] else 0.0)
     peer_times = r.pop('peer_times', None)
+    sample_times = r.pop('sample_times', None)
     out[arm] = {'step_time_s': step_time, 'tokens_per_sec': tokens / step_time,
                 'mfu': arm_flops / (total_peak * step_time),
                 'mfu_student': student_flops / (total_peak * step_time), **r}
+    if sample_times:  # MFU counts the train step's FLOPs; the sampling's time is in it
+      out[arm]['sample_time_s'] = statistics.median(sample_times)
     if peer_times:
       peer_time = statistics.median(peer_times)
       out[arm]['peer'] = {'torch_tokens_per_sec': tokens / peer_time,
@@ -201,6 +222,29 @@ def run_arms(cfg, rounds: int, arms: list[str], log=print, peer=None) -> dict:
           'student_train_flops_per_step': student_flops,
           'teacher_forward_flops_per_step': teacher_flops,
           'kd_theory_ratio': 1.0 + teacher_flops / student_flops, 'arms': out}
+
+
+def on_policy_sampler(cfg, fraction: float, param_shardings, mesh, rules):
+  """The trainer's jitted sample step (train/on_policy.py) for an on-policy arm:
+  called as (state, batch) -> the batch with the student's rows, at the state's step."""
+  import jax
+  from guide_jax import sharding
+  from guide_jax.data import packing
+  from guide_jax.train import on_policy
+  arm_cfg = cfg.copy_and_resolve_references()
+  op = arm_cfg.loss.on_policy
+  op.fraction = fraction
+  if not op.prompt_len and not op.new_tokens:
+    op.prompt_len = op.new_tokens = cfg.data.seq_len // 2
+  rows = sharding.batch_sharding(mesh, rules)
+  step = jax.jit(on_policy.make_sample_step(arm_cfg, eos_id=-1),  # synthetic: no EOS
+                 in_shardings=(param_shardings, {k: rows for k in packing.FIELDS},
+                               sharding.replicated(mesh)))
+
+  def sample(state, batch):
+    return step(state['params'], batch, state['step'])
+  sample.cfg = arm_cfg
+  return sample
 
 
 def compile_times(cfg, depths: list[int]) -> dict[int, float]:
@@ -303,10 +347,10 @@ def _main():
     return
   if f.config is None:
     raise config_lib.ConfigError('pass --config=experiments/FILE.py (or --project=V,D_T,D_S)')
-  unknown = set(f.arms) - set(ARMS)
+  unknown = set(f.arms) - set(ARMS) - set(ON_POLICY_ARMS)
   if unknown:
     raise config_lib.ConfigError(f'--arms has unknown {sorted(unknown)}; choose from '
-                                 f'{list(ARMS)}')
+                                 f'{list(ARMS) + list(ON_POLICY_ARMS)}')
   from guide_jax import guide
   try:
     result = run_arms(cli.config_value(f['config']), f.steps, list(f.arms),

@@ -70,13 +70,14 @@ def prompts(batch: dict, prompt_len: int) -> tuple[jax.Array, jax.Array, jax.Arr
   segments = batch['segment_ids'][:, :prompt_len]
   first = segments[:, :1]
   in_first = (segments == first).astype(jnp.int32)
-  length = jnp.maximum(jnp.sum(jnp.cumprod(in_first, axis=1), axis=1), 1)  # contiguous
+  usable = first[:, 0] > 0
+  length = jnp.where(usable, jnp.sum(jnp.cumprod(in_first, axis=1), axis=1), 1)  # contiguous
   pad = prompt_len - length
   cols = jnp.arange(prompt_len)[None, :]
   shifted = jnp.take_along_axis(batch['inputs'][:, :prompt_len],
                                 jnp.clip(cols - pad[:, None], 0, prompt_len - 1), axis=1)
   tokens = jnp.where(cols >= pad[:, None], shifted, 0)
-  return tokens, pad.astype(jnp.int32), first[:, 0] > 0
+  return tokens, pad.astype(jnp.int32), usable
 
 
 def rows(tokens: jax.Array, pad: jax.Array, usable: jax.Array, new: jax.Array, eos_id: int,
