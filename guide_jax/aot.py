@@ -100,6 +100,11 @@ def compile_step(cfg, t_model, devices, teacher_top_k: int = 0):
     if teacher_top_k:
       batch.update(teacher_cache.abstract_fields(b, s, teacher_top_k, batch_sharding))
       teacher_params = {}
+    if cfg.loss.on_policy.fraction > 0:
+      # The step on rows the student wrote. Their sampling is a jit of its own
+      # (train/on_policy.py), not compiled here.
+      batch[losses.ON_POLICY] = jax.ShapeDtypeStruct((b, s), jnp.float32,
+                                                     sharding=batch_sharding)
     loss = losses.DistillLoss(cfg.loss, cfg.train.steps, cfg.train.z_loss)
     objective = steps.distill_objective(
         s_model, None if teacher_top_k else t_model, loss, layers,

@@ -74,7 +74,10 @@ def load_study(study_dir: pathlib.Path) -> dict:
       continue  # unfinished: reported as missing, not averaged in
     records = _read_jsonl(workdir / 'metrics.jsonl')
     run = {'final': json.loads((workdir / 'final.json').read_text()),
-           'curve': {r['tokens']: r['eval/loss'] for r in records if 'eval/loss' in r}}
+           'curve': {r['tokens']: r['eval/loss'] for r in records if 'eval/loss' in r},
+           'step_times': [r['perf/step_time_s'] for r in records if 'perf/step_time_s' in r],
+           'sample_times': [r['perf/sample_time_s'] for r in records
+                            if 'perf/sample_time_s' in r]}
     for r in records:
       for key in ('teacher/eval_loss', 'teacher/eval_bits_per_byte', 'teacher/approx_eval_loss',
                   'guide/explained_variance'):
@@ -145,7 +148,7 @@ def summarize(study: dict) -> dict:
              'ppl_mean': statistics.fmean(math.exp(x) for x in losses),
              'gap_closure_mean': None, 'gap_closure_std': None, 'seeds': len(losses),
              'tokens': next(iter(seeds.values()))['final']['tokens']}
-    if closures and None not in closures:
+    if closures:
       entry['gap_closure_mean'], entry['gap_closure_std'] = _mean_std(closures)
       entry['gap_closure_ci95'] = list(ci95(closures)[1:])
     bits = [r['final'].get('eval/bits_per_byte') for r in seeds.values()]
@@ -177,6 +180,7 @@ def summarize(study: dict) -> dict:
                                        if len(params) == 1 and len(tokens) == 1 else None),
           'arms': out_arms, 'verdicts': verdicts(study, teacher),
           'cached_vs_online': cached_vs_online(study, out_arms, teacher),
+          'on_policy': on_policy_summary(study, teacher),
           'teacher_logits_caches': study.get('teacher_logits_caches', {}),
           **dict(zip(('eval_coverage', 'eval_rows_differ'), eval_coverage(study)))}
 
@@ -242,9 +246,9 @@ def at_fraction(curve: list[dict], fraction: float) -> dict | None:
 
 
 def _final_closures(study: dict, arm: str, teacher: float) -> dict[str, float]:
-  base = study['arms'].get(BASELINE, {})
-  return {s: closure(base[s]['final']['eval/loss'], r['final']['eval/loss'], teacher)
-          for s, r in study['arms'].get(arm, {}).items() if s in base}
+  """{seed: the arm's gap closure at the end}, paired with the baseline's seed."""
+  return _metric_closures(study['arms'].get(BASELINE, {}), study['arms'].get(arm, {}),
+                          'eval/loss', teacher)
 
 
 CACHED = '_cached'  # an arm `X_cached` is arm X trained from teacher-logits caches
@@ -270,6 +274,99 @@ def cached_vs_online(study: dict, arms: dict, teacher: float | None) -> dict:
   return out
 
 
+# --- on-policy distillation (train/on_policy.py; experiments/study_on_policy.py) ------------
+
+ON_POLICY_KL, SAMPLE_NLL = 'eval/on_policy_kl', 'eval/sample_teacher_nll'
+KD = 'kd'  # the arm whose step time the others' are divided by
+
+
+def on_policy_summary(study: dict, teacher: float | None) -> dict:
+  """When the runs evaluated eval/on_policy_kl: per arm its mean, its closure (the gap
+  closure's formula on that metric, the teacher's own being 0: 1 - KL_arm / KL_baseline,
+  paired by seed), the CE gap closure, the median step and sampling times over every logged
+  interval, and the step time over the kd arm's (per seed, paired); then the verdicts."""
+  arms = study['arms']
+  base = arms.get(BASELINE, {})
+  if not any(ON_POLICY_KL in r['final'] for seeds in arms.values() for r in seeds.values()):
+    return {}
+  kd = arms.get(KD, {})
+  median = lambda xs: statistics.median(xs) if xs else None
+  out = {}
+  for arm, seeds in arms.items():
+    if not all(ON_POLICY_KL in r['final'] for r in seeds.values()):
+      continue
+    entry = {'seeds': len(seeds)}
+    for key, name in ((ON_POLICY_KL, 'on_policy_kl'), (SAMPLE_NLL, 'sample_teacher_nll')):
+      entry[f'{name}_mean'] = statistics.fmean(r['final'][key] for r in seeds.values())
+    entry['on_policy_kl_closure'] = _stats(_metric_closures(base, seeds, ON_POLICY_KL, 0.0))
+    if teacher is not None:
+      entry['gap_closure'] = _stats(_final_closures(study, arm, teacher))
+    entry['step_time_median_s'] = median([t for r in seeds.values() for t in r['step_times']])
+    entry['sample_time_median_s'] = median([t for r in seeds.values()
+                                            for t in r['sample_times']])
+    ratios = [statistics.median(r['step_times']) / statistics.median(kd[s]['step_times'])
+              for s, r in seeds.items() if s in kd and r['step_times'] and kd[s]['step_times']]
+    entry['step_time_ratio_to_kd'] = _stats(ratios)
+    out[arm] = entry
+  return {'arms': out, 'verdicts': on_policy_verdicts(study, teacher)}
+
+
+def _metric_closures(base: dict, seeds: dict, key: str, teacher: float) -> dict[str, float]:
+  """{seed: closure of `key` at the end of training}, paired with the baseline's seed."""
+  out = {}
+  for s, r in seeds.items():
+    if s in base and key in r['final'] and key in base[s]['final']:
+      c = closure(base[s]['final'][key], r['final'][key], teacher)
+      if c is not None:
+        out[s] = c
+  return out
+
+
+def _stats(per_seed) -> dict | None:
+  """{'mean', 'ci95': [lo, hi], 'seeds'} of per-seed values (a dict or a list)."""
+  values = list(per_seed.values()) if isinstance(per_seed, dict) else list(per_seed)
+  stats = ci95(values)
+  if stats is None:
+    return None
+  return {'mean': stats[0], 'ci95': [stats[1], stats[2]], 'seeds': len(values)}
+
+
+def on_policy_verdicts(study: dict, teacher: float | None) -> list[dict]:
+  """Does on-policy beat KD on eval/on_policy_kl (and on held-out CE); does GUIDE add to
+  on-policy; each a paired difference of closures judged by its 95% interval."""
+  arms, base = study['arms'], study['arms'].get(BASELINE, {})
+  metrics = {'eval/on_policy_kl': (ON_POLICY_KL, 0.0)}
+  if teacher is not None:
+    metrics['held-out CE'] = ('eval/loss', teacher)
+  claims = []
+  for better, worse, what in (('on_policy', KD, 'on-policy beats KD'),
+                              ('mixed', KD, 'mixed (half on-policy) beats KD'),
+                              ('guide_on_policy', 'on_policy', 'GUIDE adds to on-policy'),
+                              ('guide_on_policy', 'guide_kd', 'GUIDE+on-policy beats GUIDE+KD')):
+    if better not in arms or worse not in arms:
+      continue
+    for label, (key, reference) in metrics.items():
+      a, b = (_metric_closures(base, arms[x], key, reference) for x in (better, worse))
+      diffs = {s: a[s] - b[s] for s in a if s in b}
+      if diffs:
+        claims.append(_judged(f'{what} on {label} ({better} - {worse} closure)', diffs))
+  return claims
+
+
+def _judged(claim: str, per_seed: dict[str, float], threshold: float = 0.0) -> dict:
+  """A claim judged from the 95% interval of its per-seed values: 'met' when the whole
+  interval is above `threshold`, 'not met' when it is all at or below, else (or with one
+  seed) 'not resolvable at this precision'."""
+  mean, lo, hi = ci95(list(per_seed.values()))
+  if len(per_seed) < 2:
+    verdict = 'not resolvable at this precision'
+  else:
+    verdict = ('met' if lo > threshold else 'not met' if hi <= threshold
+               else 'not resolvable at this precision')
+  return {'claim': claim, 'mean': mean, 'ci95': [lo, hi], 'seeds': len(per_seed),
+          'verdict': verdict}
+
+
 def verdicts(study: dict, teacher: float | None) -> list[dict]:
   """The paper's claims at the end of training, each judged from a 95% interval over
   paired seeds: 'met' when the whole interval is on the claim's side, 'not met' when it is
@@ -279,17 +376,8 @@ def verdicts(study: dict, teacher: float | None) -> list[dict]:
   c = {arm: _final_closures(study, arm, teacher) for arm in ('guide', 'kd', 'guide_kd')}
 
   def judged(claim: str, per_seed: dict[str, float], threshold: float = 0.0) -> dict:
-    stats = ci95([v for v in per_seed.values() if v is not None])
-    if stats is None:
-      return None
-    mean, lo, hi = stats
-    if len(per_seed) < 2:  # one seed: no interval, nothing to judge it by
-      verdict = 'not resolvable at this precision'
-    else:
-      verdict = ('met' if lo > threshold else 'not met' if hi <= threshold
-                 else 'not resolvable at this precision')
-    return {'claim': claim, 'mean': mean, 'ci95': [lo, hi], 'seeds': len(per_seed),
-            'verdict': verdict}
+    per_seed = {s: v for s, v in per_seed.items() if v is not None}
+    return _judged(claim, per_seed, threshold) if per_seed else None
 
   def combine(fn, *arms):
     common = set.intersection(*(set(c[a]) for a in arms))
@@ -371,6 +459,7 @@ def markdown(study: dict, summary: dict, title: str) -> str:
       ratio = f'{c["wall_ratio"]:.2f}x' if c['wall_ratio'] else '—'
       lines.append(f'| {arm} | {c["online"]} | {c["closure_diff_mean"]:+.2%} '
                    f'{_interval(c["closure_diff_ci95"])} | {ratio} |')
+  lines += _on_policy_markdown(summary.get('on_policy', {}))
   lines += ['', '| arm | what it sets (besides train.seed, data.seed and the seed\'s '
             'teacher.logits_dir) |', '|---|---|']
   for arm, seeds in study['arms'].items():
@@ -419,6 +508,37 @@ def markdown(study: dict, summary: dict, title: str) -> str:
               f'over {v["seeds"]} seeds: **{v["verdict"]}**' for v in summary['verdicts']]
   lines += ['', '![eval loss](loss_curves.png)', '', '![gap closure](gap_closure.png)', '']
   return '\n'.join(lines)
+
+
+def _on_policy_markdown(on_policy: dict) -> list[str]:
+  """The on-policy section: closures of held-out CE and of eval/on_policy_kl, step times,
+  and the verdicts."""
+  if not on_policy:
+    return []
+  stat = lambda x: '—' if not x else (f'{x["mean"]:.1%}' if x['seeds'] < 2 else
+                                      f'{x["mean"]:.1%} {_interval(x["ci95"])}')
+  ratio = lambda x: '—' if not x else (f'{x["mean"]:.2f}x' if x['seeds'] < 2 else
+                                       f'{x["mean"]:.2f}x [{x["ci95"][0]:.2f}, '
+                                       f'{x["ci95"][1]:.2f}]')
+  seconds = lambda x: '—' if x is None else f'{x:.3f} s'
+  lines = ['', '## On-policy distillation', '',
+           'eval/on_policy_kl: the student samples from fixed held-out prompts and the '
+           'teacher grades every sampled token (per-token KL(student || teacher), full '
+           'vocabulary); its closure is the gap closure\'s formula on it, the teacher\'s own '
+           'being 0. Step times: the median over every logged interval of every seed; the '
+           'ratio to kd is per seed (paired), mean [95% CI].', '',
+           '| arm | CE gap closure | eval/on_policy_kl | its closure | sample teacher NLL | '
+           'step time | step time / kd | sampling a step |', '|---|---|---|---|---|---|---|---|']
+  for arm, e in on_policy['arms'].items():
+    lines.append(f'| {arm} | {stat(e.get("gap_closure"))} | {e["on_policy_kl_mean"]:.4f} | '
+                 f'{stat(e["on_policy_kl_closure"])} | {e["sample_teacher_nll_mean"]:.4f} | '
+                 f'{seconds(e["step_time_median_s"])} | {ratio(e["step_time_ratio_to_kd"])} | '
+                 f'{seconds(e["sample_time_median_s"])} |')
+  if on_policy.get('verdicts'):
+    lines += ['']
+    lines += [f'- {v["claim"]}: {v["mean"]:+.1%} [{v["ci95"][0]:+.1%}, {v["ci95"][1]:+.1%}] '
+              f'over {v["seeds"]} seeds: **{v["verdict"]}**' for v in on_policy['verdicts']]
+  return lines
 
 
 def _closure_cell(point: dict | None) -> str:

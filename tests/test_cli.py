@@ -22,6 +22,9 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
     (['--config=experiments/lm_tiny.py', '--config.model.attention_kernel=splash',
       '--config.data.seq_len=96', '--config.model.splash_block_q=64'],
      'data.seq_len=96 is not divisible by model.splash_block_q=64'),
+    (['--config=experiments/guide_tiny.py', '--config.loss.on_policy.fraction=0.5',
+      '--config.loss.on_policy.prompt_len=40', '--config.loss.on_policy.new_tokens=40'],
+     'loss.on_policy.prompt_len + new_tokens = 80 exceeds data.seq_len=64'),
 ])
 def test_config_file_errors_are_one_line(args, expected, tmp_path):
   args = [a.replace('BAD', str(tmp_path / 'bad.py')) for a in args]

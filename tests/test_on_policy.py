@@ -10,6 +10,7 @@ import pytest
 from conftest import load_experiment, read_metrics, train_losses
 from guide_jax import config as config_lib
 from guide_jax import losses, sharding, sweep
+from guide_jax.evals import own_data
 from guide_jax.infer import sampler as sampler_lib
 from guide_jax.models import transformer
 from guide_jax.train import on_policy, trainer
@@ -203,6 +204,11 @@ def test_fraction_zero_is_kd_bitwise_and_resume_is_exact(tmp_path):
     np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
   assert 'eval/on_policy_kl' in zero_out and 'eval/on_policy_kl' not in kd
   assert zero_out['eval/sample_teacher_nll'] > 0
+  # guide_jax.evaluate's own-data scores: the trainer's prompts, key and teacher
+  loaded = sampler_lib.load(str(tmp_path / 'zero'))
+  scores = own_data.evaluate_run(tmp_path / 'zero', loaded)
+  for key in ('eval/on_policy_kl', 'eval/sample_teacher_nll', 'eval/loss'):
+    assert scores[key] == pytest.approx(zero_out[key], rel=1e-4), key
 
   mixed = zero.copy_and_resolve_references()
   mixed.loss.on_policy.fraction = 0.5

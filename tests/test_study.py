@@ -241,6 +241,57 @@ def test_report_closure_against_tokens_with_intervals_and_verdicts(tmp_path):
   assert 'held-out loss fell over the last quarter of its training by 0.99%' in text
 
 
+def test_report_on_policy_closures_step_time_ratios_and_verdicts(tmp_path):
+  """eval/on_policy_kl closes toward the teacher's 0 (1 - KL_arm / KL_baseline, paired by
+  seed); step time over kd's is per seed, of each run's median; the verdicts pair seeds."""
+  kl = {'baseline': (1.0, 1.2, 1.1), 'kd': (0.8, 0.9, 0.9), 'on_policy': (0.4, 0.5, 0.5),
+        'guide_on_policy': (0.3, 0.4, 0.4)}
+  ce = {'baseline': (4.0, 4.2, 4.1), 'kd': (3.5, 3.6, 3.6), 'on_policy': (3.9, 4.1, 4.0),
+        'guide_on_policy': (3.0, 3.1, 3.1)}
+  steps = {'baseline': [0.1, 0.1], 'kd': [0.2, 0.3, 0.2], 'on_policy': [0.5, 0.6, 0.5],
+           'guide_on_policy': [0.5, 0.5]}
+  names = {}
+  for arm in kl:
+    for k in range(3):
+      name = f'{arm}/seed{k}'
+      names[name] = {}
+      workdir = tmp_path / name
+      workdir.mkdir(parents=True)
+      records = [{'step': 0, 'teacher/eval_loss': 2.0}]
+      records += [{'step': i + 1, 'perf/step_time_s': t * (1 + k),
+                   **({'perf/sample_time_s': 0.3} if 'on_policy' in arm else {})}
+                  for i, t in enumerate(steps[arm])]
+      records.append({'step': 9, 'tokens': 900, 'eval/loss': ce[arm][k]})
+      (workdir / 'metrics.jsonl').write_text(''.join(json.dumps(r) + '\n' for r in records))
+      (workdir / 'final.json').write_text(json.dumps(
+          {'eval/loss': ce[arm][k], 'eval/on_policy_kl': kl[arm][k],
+           'eval/sample_teacher_nll': 2 * kl[arm][k], 'tokens': 900, 'eval_split': 'test'}))
+  (tmp_path / 'study.json').write_text(json.dumps({'config': 'x.py', 'sweep': 'main',
+                                                   'runs': names}))
+  summary = report.write(tmp_path)['on_policy']
+  arms = summary['arms']
+  closures = [1 - a / b for a, b in zip(kl['on_policy'], kl['baseline'])]
+  assert arms['on_policy']['on_policy_kl_closure']['mean'] == pytest.approx(
+      sum(closures) / 3, abs=1e-12)
+  assert arms['on_policy']['gap_closure']['mean'] == pytest.approx(
+      sum((b - a) / (b - 2.0) for a, b in zip(ce['on_policy'], ce['baseline'])) / 3, abs=1e-12)
+  assert arms['on_policy']['step_time_ratio_to_kd']['mean'] == pytest.approx(0.5 / 0.2,
+                                                                              abs=1e-12)
+  assert arms['kd']['step_time_ratio_to_kd']['mean'] == pytest.approx(1.0, abs=1e-12)
+  assert arms['on_policy']['sample_time_median_s'] == 0.3
+  assert arms['kd']['sample_time_median_s'] is None
+  assert arms['on_policy']['sample_teacher_nll_mean'] == pytest.approx(2 * 0.4667, abs=1e-3)
+  verdicts = {v['claim'].split(' (')[0]: v['verdict'] for v in summary['verdicts']}
+  assert verdicts == {
+      'on-policy beats KD on eval/on_policy_kl': 'met',
+      'on-policy beats KD on held-out CE': 'not met',
+      'GUIDE adds to on-policy on eval/on_policy_kl': 'met',
+      'GUIDE adds to on-policy on held-out CE': 'met'}
+  text = (tmp_path / 'report.md').read_text()
+  assert '## On-policy distillation' in text and '| on_policy | ' in text
+  assert '2.50x [' in text and '**met**' in text
+
+
 def test_report_without_runs_is_an_error(tmp_path):
   with pytest.raises(report.ReportError, match='study.json'):
     report.write(tmp_path)

@@ -138,7 +138,8 @@ class GuideJaxLM(LM):
 
 
 def run(workdir: str, tasks: list[str], include_path: str = '', limit: float | None = None,
-        batch_size: int = 8, dtype: str = 'float32', output: str = '') -> dict:
+        batch_size: int = 8, dtype: str = 'float32', output: str = '',
+        teacher: str = '') -> dict:
   """Evaluate a run (or HF directory) on lm-eval `tasks`; writes and returns the results."""
   import lm_eval
   from etils import epath
@@ -164,7 +165,7 @@ def run(workdir: str, tasks: list[str], include_path: str = '', limit: float | N
                                     limit=limit, task_manager=manager, log_samples=False,
                                     bootstrap_iters=0)
   # The run's own eval batches too: nats per token and bits per byte, as the trainer logs.
-  results['guide_jax'] = own_data.evaluate_run(paths.workdir_path(workdir), loaded)
+  results['guide_jax'] = own_data.evaluate_run(paths.workdir_path(workdir), loaded, teacher)
   path = epath.Path(output) if output else paths.workdir_path(workdir) / report.HARNESS_RESULTS
   text = json.dumps(results, indent=1, default=lm_utils.handle_non_serializable)
   path.write_text(text)

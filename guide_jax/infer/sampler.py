@@ -11,7 +11,9 @@ its positions count from its first real token (what learned positions and RoPE r
             token concatenated)
 Both run under the parameters' mesh: the cache is sharded over the batch (data axes) and
 the kv heads (tensor axis) where they divide. A row stops at EOS (then emits EOS); the
-loop stops when every row has, or after max_new_tokens.
+loop stops when every row has, or after max_new_tokens. `sample` is the same prefill and
+decode traced inside a caller's jit (a lax.scan over all max_new_tokens): on-policy
+distillation's sampling step (train/on_policy.py).
 
 Sampling: temperature 0 is greedy (argmax); otherwise logits / temperature, restricted to
 the top_k tokens (0: all) and to the smallest set whose probability reaches top_p (1.0:

@@ -47,9 +47,9 @@ def trains(cfg: ml_collections.ConfigDict) -> bool:
 
 
 def evaluates(cfg: ml_collections.ConfigDict) -> bool:
-  """Whether evaluations sample from the student for the teacher to grade (the run must
-  also have a teacher that runs: not a logits cache)."""
-  return cfg.loss.on_policy.new_tokens > 0 and not cfg.teacher.logits_dir
+  """Whether evaluations sample from the student for the teacher to grade (implied by
+  `trains`; config.validate_on_policy makes sure a teacher runs)."""
+  return cfg.loss.on_policy.new_tokens > 0
 
 
 def sampling(op: ml_collections.ConfigDict) -> sampler_lib.Sampling:

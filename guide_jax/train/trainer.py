@@ -274,18 +274,17 @@ def train(config: ml_collections.ConfigDict, workdir: str | os.PathLike, *,
     #     jit of their own before each step (its output is the step's input, so no gradient
     #     reaches the sampling), and evaluations grade the student's samples.
     sample_step = on_policy_eval = None
-    if on_policy.trains(cfg) or (distill and on_policy.evaluates(cfg)):
+    if on_policy.evaluates(cfg):
       eos_id = tokenizer_lib.load(data.vocab_path).eos_id if data.vocab_path else -1
       data_shardings = {k: batch_shardings[k] for k in packing.FIELDS}
+      on_policy_eval = jax.jit(on_policy.make_eval_step(cfg, teacher.model, eos_id, chunk_len),
+                               in_shardings=(param_shardings, data_shardings,
+                                             teacher.shardings))
       if on_policy.trains(cfg):
         sample_step = jax.jit(on_policy.make_sample_step(cfg, eos_id),
                               in_shardings=(param_shardings, data_shardings,
                                             sharding.replicated(mesh)),
                               out_shardings=batch_shardings)
-      if distill and on_policy.evaluates(cfg):
-        on_policy_eval = jax.jit(on_policy.make_eval_step(cfg, teacher.model, eos_id, chunk_len),
-                                 in_shardings=(param_shardings, data_shardings,
-                                               teacher.shardings))
 
     def evaluate_all(params) -> dict[str, float]:
       scores = evaluate(eval_step, params, data.eval_batches, mesh, rules, extra)
