@@ -47,7 +47,9 @@ ARMS = {  # arm: (GUIDE init, KD weight, MATCH weight)
     # baseline is what the guard costs.
     'baseline_unguarded': (False, 0.0, 0.0),
 }
-ON_POLICY_ARMS = {'on_policy': 1.0, 'mixed': 0.5}  # arm: loss.on_policy.fraction (KD arms)
+ON_POLICY_ARMS = {'on_policy': 1.0, 'mixed': 0.5}  # arm: loss.on_policy.fraction
+# Every arm's (GUIDE init, KD weight, MATCH weight); the on-policy ones start at random.
+WEIGHTS = {**ARMS, **{arm: (False, 1.0, 0.0) for arm in ON_POLICY_ARMS}}
 
 
 # Which PyTorch peer step (benchmarks/torch_peer.py) each arm is compared with, and the
@@ -145,11 +147,10 @@ def run_arms(cfg, rounds: int, arms: list[str], log=print, peer=None) -> dict:
         step()  # warm-up
     compiled, states, results, samplers = {}, {}, {}, {}
     for arm in arms:
-      use_guide, w_kd, w_match = ARMS.get(arm, (False, 1.0, 0.0))
+      use_guide, w_kd, w_match = WEIGHTS[arm]
       loss_cfg = cfg.loss.copy_and_resolve_references()
       loss_cfg.kd = losses.weight_config(w_kd)
       loss_cfg.match = losses.weight_config(w_match)
-      arm_batch = batch
       if arm in ON_POLICY_ARMS:
         samplers[arm] = on_policy_sampler(cfg, ON_POLICY_ARMS[arm], p_shardings, mesh, rules)
         loss_cfg.on_policy = samplers[arm].cfg.loss.on_policy
@@ -166,8 +167,8 @@ def run_arms(cfg, rounds: int, arms: list[str], log=print, peer=None) -> dict:
           params = guide.apply(params, theta_hat, layers)
         return steps.new_state(params, tx)
       states[arm] = jax.jit(init, out_shardings=state_shardings)(jax.random.key(0))
-      if arm in samplers:  # compile and warm the sampling, then the step on its rows
-        arm_batch = samplers[arm](states[arm], batch)
+      # the sampling compiled and warmed up, then the step on its rows
+      arm_batch = samplers[arm](states[arm], batch) if arm in samplers else batch
       start = time.perf_counter()
       compiled[arm] = step_fn.lower(states[arm], arm_batch, teacher_params, theta_hat).compile()
       compile_s = time.perf_counter() - start
@@ -201,7 +202,7 @@ def run_arms(cfg, rounds: int, arms: list[str], log=print, peer=None) -> dict:
   for arm in arms:
     r = results.pop(arm)
     step_time = statistics.median(r.pop('times'))
-    arm_flops = student_flops + (teacher_flops if ARMS.get(arm, (0, 1.0))[1] else 0.0)
+    arm_flops = student_flops + (teacher_flops if WEIGHTS[arm][1] else 0.0)
     peer_times = r.pop('peer_times', None)
     sample_times = r.pop('sample_times', None)
     out[arm] = {'step_time_s': step_time, 'tokens_per_sec': tokens / step_time,
@@ -347,10 +348,10 @@ def _main():
     return
   if f.config is None:
     raise config_lib.ConfigError('pass --config=experiments/FILE.py (or --project=V,D_T,D_S)')
-  unknown = set(f.arms) - set(ARMS) - set(ON_POLICY_ARMS)
+  unknown = set(f.arms) - set(WEIGHTS)
   if unknown:
     raise config_lib.ConfigError(f'--arms has unknown {sorted(unknown)}; choose from '
-                                 f'{list(ARMS) + list(ON_POLICY_ARMS)}')
+                                 f'{list(WEIGHTS)}')
   from guide_jax import guide
   try:
     result = run_arms(cli.config_value(f['config']), f.steps, list(f.arms),

@@ -115,3 +115,15 @@ def test_torch_peer_computes_the_same_model(mlp, norm, tied):
   with torch.no_grad():
     got = model(torch.from_numpy(tokens), torch.from_numpy(positions.copy())).numpy()
   np.testing.assert_allclose(got, np.asarray(expected), atol=1e-4, rtol=1e-4)
+
+
+@pytest.mark.slow  # ~15 s: two compiled steps and a sampling
+def test_bench_on_policy_arms_time_the_sampling_inside_the_step():
+  from conftest import load_experiment
+  from guide_jax import bench
+  cfg = load_experiment('guide_tiny')
+  cfg.data.backend = 'synthetic'
+  result = bench.run_arms(cfg, 2, ['kd', 'mixed'], log=lambda *_: None)
+  mixed = result['arms']['mixed']
+  assert set(FIELDS) <= set(mixed) and 'sample_time_s' not in result['arms']['kd']
+  assert 0 < mixed['sample_time_s'] < mixed['step_time_s']
