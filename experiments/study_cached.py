@@ -47,5 +47,4 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
 def get_sweep(name: str = 'main') -> list[dict]:
   if name != 'main':
     raise ValueError(f'unknown sweep {name!r}; choose main')
-  return [{'name': f'{arm}/seed{s}', 'train.seed': 100 + s, 'data.seed': s, **overrides}
-          for s in SEEDS for arm, overrides in ARMS.items()]
+  return regime.seeded(ARMS)

@@ -35,7 +35,6 @@ cached = importlib.util.module_from_spec(_spec)
 _spec.loader.exec_module(cached)
 regime = cached.regime
 
-SEEDS = regime.SEEDS
 PROMPT_LEN = 64
 NEW_TOKENS = regime.SEQ_LEN - PROMPT_LEN   # prompt + sample fill a row: equal tokens
 
@@ -66,5 +65,4 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
 def get_sweep(name: str = 'main') -> list[dict]:
   if name != 'main':
     raise ValueError(f'unknown sweep {name!r}; choose main')
-  return [{'name': f'{arm}/seed{s}', 'train.seed': 100 + s, 'data.seed': s, **overrides}
-          for s in SEEDS for arm, overrides in ARMS.items()]
+  return regime.seeded(ARMS)

@@ -141,5 +141,10 @@ def get_sweep(name: str = 'main') -> list[dict]:
   --study_dir as `main`, so that the report pairs them with main's baseline and KD arms."""
   if name not in SWEEPS:
     raise ValueError(f'unknown sweep {name!r}; choose one of {sorted(SWEEPS)}')
+  return seeded(SWEEPS[name])
+
+
+def seeded(arms: dict) -> list[dict]:
+  """Every arm at every seed, each run named ARM/seedK (what the report groups by)."""
   return [{'name': f'{arm}/seed{s}', 'train.seed': 100 + s, 'data.seed': s, **overrides}
-          for s in SEEDS for arm, overrides in SWEEPS[name].items()]
+          for s in SEEDS for arm, overrides in arms.items()]
