@@ -9,7 +9,7 @@ import pytest
 
 from conftest import load_experiment, read_metrics, train_losses
 from guide_jax import config as config_lib
-from guide_jax import losses, sharding, sweep
+from guide_jax import losses, sweep
 from guide_jax.evals import own_data
 from guide_jax.infer import sampler as sampler_lib
 from guide_jax.models import transformer
@@ -98,8 +98,10 @@ def _tiny_model():
 
 def test_samples_are_the_samplers_greedy_output():
   """At temperature 0 the rows' samples are Sampler.generate's greedy continuations of the
-  same prompts (of different lengths), and a key gives the same draws every time."""
-  cfg, params = _tiny_model()
+  same prompts (of different lengths), on a Gemma-3-shaped student whose 4-key windows the
+  prompts and samples go past; and a key gives the same draws every time."""
+  from test_sampler import placed
+  cfg, params, mesh = placed('gemma3-local-global', False)
   op = config_lib.base_config().loss.on_policy
   op.prompt_len, op.new_tokens, op.temperature = 8, 6, 0.0
   rng = np.random.default_rng(1)
@@ -107,7 +109,6 @@ def test_samples_are_the_samplers_greedy_output():
   segments = np.ones((4, 16), np.int32)
   segments[1, 5:], segments[2, 2:] = 2, 2  # first documents of 5 and 2 tokens
   batch = {'inputs': jnp.asarray(inputs), 'segment_ids': jnp.asarray(segments)}
-  mesh = sharding.make_mesh(config_lib.base_config().mesh)
   rows = jax.jit(lambda p, b: on_policy.sampled_rows(cfg, op, -1, 16, p, b,
                                                      jax.random.key(0)))(params, batch)
   prompts = [inputs[0, :8].tolist(), inputs[1, :5].tolist(), inputs[2, :2].tolist(),
