@@ -72,7 +72,7 @@ def test_prompts_and_rows_mask_after_eos():
   """A prompt is the row's first document piece, left-padded; the row is prompt + sample
   with weight on each sample up to and including the first EOS; a row starting with
   padding has no weight."""
-  eos, p, n, seq_len = 1, 4, 4, 10
+  eos, p, seq_len = 1, 4, 10  # 4 prompt slots, 4 samples
   batch = {'inputs': jnp.array([[5, 6, 7, 8, 9, 9], [5, 6, 1, 3, 4, 9], [0, 0, 0, 0, 0, 0]]),
            'segment_ids': jnp.array([[1, 1, 1, 1, 1, 1], [1, 1, 1, 2, 2, 2], [0] * 6])}
   tokens, pad, usable = on_policy.prompts(batch, p)
