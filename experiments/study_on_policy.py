@@ -17,6 +17,9 @@ reuse that study's). Arms, every one STUDENT_STEPS x 16 rows x 128 student token
   mixed             half the rows on-policy, half CE + KD on data
   guide_kd          GUIDE's initialisation + CE + KD
   guide_on_policy   GUIDE's initialisation + on-policy rows only
+  kd_then_on_policy, guide_kd_then_on_policy
+                    kd and guide_kd for the first half of training, then every row on-policy
+                    (loss.on_policy.start_step), the recipe of on-policy after a warm start
 A row on-policy holds prompt + sample = 128 tokens, a data row 128: equal student tokens.
 Every arm (baseline included) evaluates eval/on_policy_kl and eval/sample_teacher_nll: the
 student samples 64 tokens after each of 64 fixed held-out prompts (temperature 1) and the
@@ -39,6 +42,7 @@ PROMPT_LEN = 64
 NEW_TOKENS = regime.SEQ_LEN - PROMPT_LEN   # prompt + sample fill a row: equal tokens
 
 ON_POLICY = {'loss.on_policy.fraction': 1.0}
+HALFWAY = {'loss.on_policy.start_step': cached.STUDENT_STEPS // 2}
 ARMS = {
     'baseline': regime.ARMS['baseline'],
     'kd': regime.ARMS['kd'],
@@ -46,6 +50,9 @@ ARMS = {
     'mixed': {'guide.init': 'none', 'loss.on_policy.fraction': 0.5},
     'guide_kd': regime.ARMS['guide_kd'],
     'guide_on_policy': ON_POLICY,
+    # KD on data for the first half, then every row on-policy
+    'kd_then_on_policy': {'guide.init': 'none', **ON_POLICY, **HALFWAY},
+    'guide_kd_then_on_policy': {**ON_POLICY, **HALFWAY},
 }
 
 

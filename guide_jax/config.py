@@ -421,6 +421,10 @@ def validate_on_policy(c: ml_collections.ConfigDict) -> None:
   _require(0 < op.top_p <= 1, f'loss.on_policy.top_p={op.top_p} must be in (0, 1] (1: off)')
   _require(op.eval_batches > 0, f'loss.on_policy.eval_batches={op.eval_batches} must be '
            f'positive')
+  _require(op.start_step >= 0, f'loss.on_policy.start_step={op.start_step} must be >= 0')
+  _require(op.fraction == 0 or op.start_step < c.train.steps,
+           f'loss.on_policy.start_step={op.start_step} is not below train.steps='
+           f'{c.train.steps}: no step would be on-policy; lower it or set fraction=0')
   _require(op.prompt_len >= 0 and op.new_tokens >= 0,
            f'loss.on_policy.prompt_len={op.prompt_len} and new_tokens={op.new_tokens} must '
            f'be >= 0')

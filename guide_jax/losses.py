@@ -95,6 +95,7 @@ def on_policy_config() -> ml_collections.ConfigDict:
   c.kind = 'reverse_kl'   # 'reverse_kl', 'forward_kl' or 'jsd' per sampled token
   c.beta = 0.5            # jsd: the teacher's weight in the mixture
   c.eval_batches = 4      # eval/on_policy_kl samples from the first N fixed eval batches
+  c.start_step = 0        # steps of KD on data only before the first on-policy rows
   return c
 
 

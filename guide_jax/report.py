@@ -342,7 +342,10 @@ def on_policy_verdicts(study: dict, teacher: float | None) -> list[dict]:
   for better, worse, what in (('on_policy', KD, 'on-policy beats KD'),
                               ('mixed', KD, 'mixed (half on-policy) beats KD'),
                               ('guide_on_policy', 'on_policy', 'GUIDE adds to on-policy'),
-                              ('guide_on_policy', 'guide_kd', 'GUIDE+on-policy beats GUIDE+KD')):
+                              ('guide_on_policy', 'guide_kd', 'GUIDE+on-policy beats GUIDE+KD'),
+                              ('kd_then_on_policy', KD, 'KD then on-policy beats KD'),
+                              ('guide_kd_then_on_policy', 'guide_kd',
+                               'GUIDE+KD then on-policy beats GUIDE+KD')):
     if better not in arms or worse not in arms:
       continue
     for label, (key, reference) in metrics.items():

@@ -162,6 +162,8 @@ def test_no_gradient_reaches_the_sampler():
       'loss.on_policy.new_tokens': 8, 'loss.kd.value': 0.0}, 'set loss.kd.value > 0'),
     ({'loss.on_policy.new_tokens': 8, 'loss.on_policy.prompt_len': 8,
       'loss.on_policy.kind': 'tv'}, "loss.on_policy.kind='tv' must be one of"),
+    ({'loss.on_policy.fraction': 0.5, 'loss.on_policy.start_step': 100,
+      'train.steps': 100}, 'start_step=100 is not below train.steps=100'),
 ])
 def test_refusals(overrides, expected, tmp_path):
   """One line each, before a teacher is trained or the workdir made (exit 2 from the
@@ -224,6 +226,15 @@ def test_fraction_zero_is_kd_bitwise_and_resume_is_exact(tmp_path):
   for a, b in zip(jax.tree.leaves(whole['params']), jax.tree.leaves(resumed['params'])):
     np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
   assert resumed['eval/on_policy_kl'] == whole['eval/on_policy_kl']
+  # loss.on_policy.start_step: KD on data (bitwise) until it, the student's rows after
+  late = mixed.copy_and_resolve_references()
+  late.loss.on_policy.start_step = 2
+  trainer.train(late, tmp_path / 'late')
+  late_losses, zero_losses = train_losses(tmp_path / 'late'), train_losses(tmp_path / 'zero')
+  assert [late_losses[s] for s in (1, 2)] == [zero_losses[s] for s in (1, 2)]
+  assert late_losses[3] != zero_losses[3]
+  late_records = [r for r in read_metrics(tmp_path / 'late') if 'train/loss' in r]
+  assert ['train/on_policy_kl' in r for r in late_records] == [False, False, True, True]
 
 
 @pytest.mark.slow

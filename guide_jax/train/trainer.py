@@ -285,6 +285,12 @@ def train(config: ml_collections.ConfigDict, workdir: str | os.PathLike, *,
                               in_shardings=(param_shardings, data_shardings,
                                             sharding.replicated(mesh)),
                               out_shardings=batch_shardings)
+        # Before loss.on_policy.start_step: KD on data, the batches as they come (compiled
+        # only if called, so only by a run that starts before it).
+        data_step = steps.jit_train_step(objective, tx, cfg.train, shardings,
+                                         (data_shardings, *extra_shardings))
+    first_sampled = (cfg.loss.on_policy.start_step + 1 if sample_step is not None and
+                     cfg.loss.on_policy.start_step > start_step else None)
 
     def evaluate_all(params) -> dict[str, float]:
       scores = evaluate(eval_step, params, data.eval_batches, mesh, rules, extra)
@@ -343,20 +349,24 @@ def train(config: ml_collections.ConfigDict, workdir: str | os.PathLike, *,
         if cache is not None:  # the teacher's top-k for this step's rows
           local = {**local, **cache.read(step)}
         batch = sharding.global_batch_from_local(local, mesh, rules)
-        if sample_step is not None:  # the student writes its rows with this step's params
+        step_fn = train_step
+        if sample_step is not None and step < cfg.loss.on_policy.start_step:
+          step_fn = data_step
+        elif sample_step is not None:  # the student writes its rows with this step's params
           jax.block_until_ready(state['params'])  # time the sampling, not the step before
           started = time.perf_counter()
           batch = jax.block_until_ready(sample_step(state['params'], batch, state['step']))
           perf.sampled(time.perf_counter() - started)
-        state, step_metrics = train_step(state, batch, *extra)
+        state, step_metrics = step_fn(state, batch, *extra)
         pending.append(step_metrics)
         step += 1
         unchecked.append((step, step_metrics['nonfinite']))
         perf.step()
         writer.advance()
-        if step == start_step + 1:  # the first step compiles: keep it out of step times
+        if step in (start_step + 1, first_sampled):  # compiled: keep out of step times
           jax.block_until_ready(state)
-          writer.print(f'first step (compile + run) took {perf.seconds():.1f}s')
+          which = 'first step' if step == start_step + 1 else 'first on-policy step'
+          writer.print(f'{which} (compile + run) took {perf.seconds():.1f}s')
           perf.restart()
 
         logs = step % cfg.train.log_every == 0 or step == cfg.train.steps
