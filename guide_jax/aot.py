@@ -69,7 +69,7 @@ def compile_step(cfg, t_model, devices, teacher_top_k: int = 0):
   from guide_jax import guide, losses, saved_model, sharding
   from guide_jax.data import packing
   from guide_jax.models import transformer
-  from guide_jax.train import optimizer, steps
+  from guide_jax.train import on_policy, optimizer, steps
   from guide_jax.train import teacher_cache
 
   t_model = saved_model.runtime_model(t_model, cfg.teacher.dtype,  # as the trainer runs it
@@ -100,7 +100,7 @@ def compile_step(cfg, t_model, devices, teacher_top_k: int = 0):
     if teacher_top_k:
       batch.update(teacher_cache.abstract_fields(b, s, teacher_top_k, batch_sharding))
       teacher_params = {}
-    if cfg.loss.on_policy.fraction > 0:
+    if on_policy.trains(cfg):
       # The step on rows the student wrote. Their sampling is a jit of its own
       # (train/on_policy.py), not compiled here.
       batch[losses.ON_POLICY] = jax.ShapeDtypeStruct((b, s), jnp.float32,

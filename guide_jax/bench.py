@@ -152,8 +152,8 @@ def run_arms(cfg, rounds: int, arms: list[str], log=print, peer=None) -> dict:
       loss_cfg.kd = losses.weight_config(w_kd)
       loss_cfg.match = losses.weight_config(w_match)
       if arm in ON_POLICY_ARMS:
-        samplers[arm] = on_policy_sampler(cfg, ON_POLICY_ARMS[arm], p_shardings, mesh, rules)
-        loss_cfg.on_policy = samplers[arm].cfg.loss.on_policy
+        loss_cfg.on_policy, samplers[arm] = on_policy_sampler(cfg, ON_POLICY_ARMS[arm],
+                                                              p_shardings, mesh, rules)
       loss = losses.DistillLoss(loss_cfg, cfg.train.steps)
       objective = steps.distill_objective(
           s_model, t_model, loss, layers,
@@ -226,8 +226,8 @@ def run_arms(cfg, rounds: int, arms: list[str], log=print, peer=None) -> dict:
 
 
 def on_policy_sampler(cfg, fraction: float, param_shardings, mesh, rules):
-  """The trainer's jitted sample step (train/on_policy.py) for an on-policy arm:
-  called as (state, batch) -> the batch with the student's rows, at the state's step."""
+  """(the arm's loss.on_policy, the trainer's jitted sample step (train/on_policy.py)
+  called as (state, batch) -> the batch with the student's rows, at the state's step)."""
   import jax
   from guide_jax import sharding
   from guide_jax.data import packing
@@ -244,8 +244,7 @@ def on_policy_sampler(cfg, fraction: float, param_shardings, mesh, rules):
 
   def sample(state, batch):
     return step(state['params'], batch, state['step'])
-  sample.cfg = arm_cfg
-  return sample
+  return op, sample
 
 
 def compile_times(cfg, depths: list[int]) -> dict[int, float]:

@@ -33,7 +33,7 @@ import ml_collections
 from guide_jax import losses, sharding
 from guide_jax.data import packing
 from guide_jax.infer import sampler as sampler_lib
-from guide_jax.models import transformer
+from guide_jax.train import steps
 
 TRAIN_STREAM, EVAL_STREAM = 1, 2  # fold_in tags: training's keys and evaluation's never meet
 EVAL_SEED = 0                     # one fixed key for every evaluation, run and arm
@@ -136,34 +136,19 @@ def make_sample_step(cfg: ml_collections.ConfigDict, eos_id: int):
 def make_eval_step(cfg: ml_collections.ConfigDict, teacher_cfg: ml_collections.ConfigDict,
                    eos_id: int, chunk_len: int):
   """(params, batch, teacher_params) -> sums of the student's samples from the batch's
-  prompts, graded by the teacher (losses.on_policy_sums), with the fixed evaluation key."""
-  op, seq_len, student_cfg = cfg.loss.on_policy, cfg.data.seq_len, cfg.model
+  prompts, graded by the teacher, with the fixed evaluation key: the distillation objective
+  (steps.distill_objective) on rows that are all on-policy, with a KD weight so that it runs
+  the teacher whatever the run's own weights (a baseline's are 0)."""
+  op, seq_len = cfg.loss.on_policy, cfg.data.seq_len
   key = jax.random.fold_in(jax.random.key(EVAL_SEED), EVAL_STREAM)
-  dtype = jnp.dtype(student_cfg.dtype)
-
-  def per_chunk(student_logits, teacher_logits, targets, weights):
-    sums = losses.on_policy_sums(student_logits, teacher_logits, targets, weights,
-                                 'reverse_kl', op.beta)
-    return sums['on_policy_loss'], sums
+  grading = cfg.loss.copy_and_resolve_references()
+  grading.kd, grading.match = losses.weight_config(1.0), losses.weight_config(0.0)
+  objective = steps.distill_objective(cfg.model, teacher_cfg, losses.DistillLoss(grading, 1),
+                                      None, chunk_len)
 
   def eval_step(params, batch, teacher_params):
-    own = sampled_rows(student_cfg, op, eos_id, seq_len, params, batch, key)
-    tokens = (own['inputs'], own['positions'], own['segment_ids'])
-    student = transformer.bind(student_cfg, params)
-    teacher = transformer.bind(teacher_cfg, teacher_params)
-    h_student, h_teacher = student.hidden(*tokens), teacher.hidden(*tokens)
-    if chunk_len:
-      w_teacher = teacher.output_kernel()
-      _, sums = losses.chunked_output_sums(
-          per_chunk, h_student, student.output_kernel(), own['targets'], own['loss_weights'],
-          chunk_len, dtype, h_teacher,
-          lambda h: losses.output_logits(h, w_teacher, dtype, teacher_cfg.final_logit_softcap),
-          student_cfg.final_logit_softcap)
-    else:
-      _, sums = per_chunk(student.logits_from_hidden(h_student),
-                          teacher.logits_from_hidden(h_teacher), own['targets'],
-                          own['loss_weights'])
-    return sums
+    own = sampled_rows(cfg.model, op, eos_id, seq_len, params, batch, key)
+    return objective(params, own, jnp.zeros((), jnp.int32), teacher_params, {})[1]
 
   return eval_step
 
